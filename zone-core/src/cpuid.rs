@@ -1,0 +1,128 @@
+//! CPUID as zones present it: KVM's supported set (fetched once per process), normalised per vCPU.
+
+use kvm_bindings::{CpuId, KVM_MAX_CPUID_ENTRIES};
+use kvm_ioctls::Kvm;
+use std::sync::OnceLock;
+
+/// Host features zones uses when it sets up a guest.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Features {
+    pub(crate) smep: bool,
+    pub(crate) smap: bool,
+    pub(crate) umip: bool,
+}
+
+/// KVM's supported CPUID (cached: it does not change while the process runs).
+pub(crate) fn supported(kvm: &Kvm) -> Result<CpuId, kvm_ioctls::Error> {
+    static CACHE: OnceLock<CpuId> = OnceLock::new();
+    if let Some(c) = CACHE.get() {
+        return Ok(c.clone());
+    }
+    let cpuid = kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)?;
+    Ok(CACHE.get_or_init(|| cpuid).clone())
+}
+
+pub(crate) fn features(cpuid: &CpuId) -> Features {
+    let leaf7 = cpuid
+        .as_slice()
+        .iter()
+        .find(|e| e.function == 7 && e.index == 0);
+    leaf7.map_or_else(Features::default, |e| Features {
+        smep: e.ebx & (1 << 7) != 0,
+        smap: e.ebx & (1 << 20) != 0,
+        umip: e.ecx & (1 << 2) != 0,
+    })
+}
+
+/// The CPUID a vCPU sees: APIC ids set to its index; with `hide_xsave`, XSAVE and the AVX family
+/// hidden (for guests that do not enable XSAVE in CR4, so that CPUID does not promise AVX).
+pub(crate) fn for_vcpu(base: &CpuId, index: u32, hide_xsave: bool) -> CpuId {
+    let mut cpuid = base.clone();
+    for e in cpuid.as_mut_slice() {
+        match (e.function, e.index) {
+            (1, _) => {
+                e.ebx = (e.ebx & 0x00ff_ffff) | (index << 24);
+                if hide_xsave {
+                    // XSAVE (26), OSXSAVE (27), AVX (28), F16C (29), FMA (12).
+                    e.ecx &= !((1 << 26) | (1 << 27) | (1 << 28) | (1 << 29) | (1 << 12));
+                }
+            }
+            (7, 0) if hide_xsave => {
+                // AVX2 (5) and the AVX-512 family (16, 17, 21, 26, 27, 28, 30, 31) in EBX.
+                e.ebx &= !((1 << 5)
+                    | (1 << 16)
+                    | (1 << 17)
+                    | (1 << 21)
+                    | (1 << 26)
+                    | (1 << 27)
+                    | (1 << 28)
+                    | (1 << 30)
+                    | (1 << 31));
+                e.ecx &= !((1 << 1) | (1 << 6) | (1 << 11) | (1 << 12) | (1 << 14));
+            }
+            (0xb, _) | (0x1f, _) => e.edx = index,
+            _ => {}
+        }
+    }
+    if hide_xsave {
+        // With XSAVE hidden, its enumeration leaf must not be offered either.
+        cpuid
+            .as_mut_slice()
+            .iter_mut()
+            .filter(|e| e.function == 0xd)
+            .for_each(|e| {
+                e.eax = 0;
+                e.ebx = 0;
+                e.ecx = 0;
+                e.edx = 0;
+            });
+    }
+    cpuid
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kvm_bindings::kvm_cpuid_entry2;
+
+    fn entry(function: u32, index: u32, ebx: u32, ecx: u32) -> kvm_cpuid_entry2 {
+        kvm_cpuid_entry2 {
+            function,
+            index,
+            ebx,
+            ecx,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn sets_apic_ids_and_hides_xsave_family() {
+        let base = CpuId::from_entries(&[
+            entry(1, 0, 0x0800_0800, u32::MAX),
+            entry(7, 0, u32::MAX, 1 << 2),
+            entry(0xb, 0, 0, 0),
+            entry(0xd, 0, 832, 832),
+        ])
+        .unwrap();
+        let c = for_vcpu(&base, 3, true);
+        let s = c.as_slice();
+        assert_eq!(s[0].ebx >> 24, 3);
+        assert_eq!(s[0].ebx & 0xff_ffff, 0x0800);
+        assert_eq!(s[0].ecx & (1 << 28), 0, "AVX hidden");
+        assert_eq!(s[0].ecx & (1 << 26), 0, "XSAVE hidden");
+        assert_eq!(s[1].ebx & (1 << 5), 0, "AVX2 hidden");
+        assert_ne!(s[1].ebx & (1 << 7), 0, "SMEP kept");
+        assert_eq!(s[2].edx, 3);
+        assert_eq!(s[3].ebx, 0);
+        assert_eq!(
+            features(&c),
+            Features {
+                smep: true,
+                smap: true,
+                umip: true
+            }
+        );
+        let kept = for_vcpu(&base, 0, false);
+        assert_ne!(kept.as_slice()[0].ecx & (1 << 28), 0);
+    }
+}

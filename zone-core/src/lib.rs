@@ -1,0 +1,44 @@
+//! zone-core: the VMM behind zones.
+//!
+//! A *zone* is a KVM virtual machine created inside the embedding process with
+//! [`Zone::builder`]. This crate owns the VM, its guest memory, its vCPU threads and exit loop,
+//! the micro-zone guest kind (a static program at CPL3 with a hypercall ABI), and the real-time
+//! controls: pause, resume, kill and deadlines from any thread, per-zone metrics and an event
+//! stream of policy violations.
+//!
+//! Most users depend on the `zones` facade crate instead, which re-exports this one.
+//!
+//! # Signals
+//! vCPU threads are stopped with the real-time signal `SIGRTMIN + 2`
+//! ([`KICK_SIGNAL_OFFSET`]). The embedding process must not install its own handler for it.
+
+mod builder;
+mod console;
+mod control;
+mod cpuid;
+mod deadline;
+mod events;
+mod exit;
+#[doc(hidden)]
+pub mod fuzzing;
+mod host_fn;
+mod kvm;
+mod memory;
+mod metrics;
+pub mod micro;
+mod vcpu;
+mod zone;
+
+pub use builder::{BuildError, DEFAULT_MEMORY_MIB, ZoneBuilder};
+pub use console::DEFAULT_CONSOLE_LIMIT;
+pub use control::{ControlError, ZoneState};
+pub use events::{EVENT_QUEUE_CAPACITY, EventStream, Violation, ZoneEvent};
+pub use exit::{Exception, Fault, ZoneExit};
+pub use host_fn::{HostCall, HostFnError, HostFnNameError, HostFnResult};
+pub use kvm::{DEFAULT_KVM_PATH, KvmError};
+pub use memory::MemoryError;
+pub use metrics::{ExitCounts, HypercallCounts, ZoneMetrics};
+pub use micro::elf::ElfError;
+pub use micro::{GuestProgram, LayoutError, LoadError};
+pub use vcpu::kick::{KICK_SIGNAL_OFFSET, KickSetupError};
+pub use zone::{MemoryAccessError, Zone, ZoneHandle};

@@ -1,0 +1,269 @@
+//! Micro zones: one static program at CPL3 on host-built page tables, with hypercalls as its only
+//! way out and CPL0 stubs that turn every CPU exception into a [`Fault`](crate::Fault) report.
+
+pub(crate) mod cpu;
+pub mod elf;
+pub(crate) mod hypercall;
+pub(crate) mod layout;
+pub(crate) mod paging;
+mod program;
+
+pub use layout::LayoutError;
+pub use program::GuestProgram;
+
+use crate::cpuid::{self, Features};
+use crate::exit::{Exception, Fault, ZoneExit};
+use crate::memory::{AccessMap, Span};
+use crate::vcpu::{Flow, GuestExits, VcpuCtx};
+use crate::zone::ZoneShared;
+use hypercall::{Dispatcher, Outcome};
+use kvm_bindings::{CpuId, kvm_fpu};
+use kvm_ioctls::VcpuFd;
+use layout::MicroLayout;
+use paging::{PageFlags, PageTables, PagingError};
+use std::sync::Arc;
+use vm_memory::{Bytes, GuestAddress, GuestMemoryError, GuestMemoryMmap};
+use zone_guest::abi::{
+    BOOT_MAGIC, FAULT_PORT, HYPERCALL_PORT, PAGE_SIZE, boot_info, layout as abi, mailbox,
+};
+
+/// Why a program could not be placed in guest memory.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// Writing page tables failed.
+    #[error("page tables: {0}")]
+    Paging(#[from] PagingError),
+    /// Writing guest memory failed.
+    #[error("writing guest memory: {0}")]
+    Memory(#[from] GuestMemoryError),
+    /// The argument block is invalid.
+    #[error("program arguments: {0}")]
+    Args(&'static str),
+}
+
+/// What loading produced: where to start and what the guest may name in hypercalls.
+pub(crate) struct Loaded {
+    pub(crate) entry: u64,
+    pub(crate) cr3: u64,
+    pub(crate) access: AccessMap,
+}
+
+const SUP_R: PageFlags = PageFlags::new(false, false, false);
+const SUP_RX: PageFlags = PageFlags::new(false, false, true);
+const SUP_RW: PageFlags = PageFlags::new(false, true, false);
+const USER_R: PageFlags = PageFlags::new(true, false, false);
+const USER_RW: PageFlags = PageFlags::new(true, true, false);
+
+fn pages(bytes: u64) -> u64 {
+    bytes.next_multiple_of(PAGE_SIZE)
+}
+
+/// Writes the whole micro-zone image into `mem`: CPU tables, page tables, program segments, boot
+/// info, arguments and mailboxes.
+pub(crate) fn load(
+    mem: &GuestMemoryMmap,
+    program: &GuestProgram,
+    plan: &MicroLayout,
+    vcpus: u32,
+) -> Result<Loaded, LoadError> {
+    program.check_args()?;
+    let args = program.arg_block();
+    let vcpu_pages = u64::from(vcpus) * PAGE_SIZE;
+    cpu::write_tables(mem, vcpus)?;
+
+    let mut pt = PageTables::new(mem, abi::PAGE_TABLES..abi::PAGE_TABLES_END)?;
+    pt.map(abi::GDT..abi::GDT + PAGE_SIZE, SUP_R)?;
+    pt.map(abi::IDT..abi::IDT + PAGE_SIZE, SUP_R)?;
+    pt.map(abi::TSS..abi::STUBS, SUP_R)?;
+    pt.map(abi::STUBS..abi::STUBS + PAGE_SIZE, SUP_RX)?;
+    pt.map(abi::KERNEL_STACKS..abi::KERNEL_STACKS + vcpu_pages, SUP_RW)?;
+    let mut spans = Vec::new();
+    let mut user = |pt: &mut PageTables<'_>,
+                    start: u64,
+                    end: u64,
+                    flags: PageFlags|
+     -> Result<(), PagingError> {
+        pt.map(start..end, flags)?;
+        spans.push(Span {
+            start,
+            end,
+            writable: flags.write,
+        });
+        Ok(())
+    };
+    user(&mut pt, abi::BOOT_INFO, abi::BOOT_INFO + PAGE_SIZE, USER_R)?;
+    if !args.is_empty() {
+        user(
+            &mut pt,
+            abi::ARGS,
+            abi::ARGS + pages(args.len() as u64),
+            USER_R,
+        )?;
+    }
+    user(
+        &mut pt,
+        abi::MAILBOXES,
+        abi::MAILBOXES + vcpu_pages,
+        USER_RW,
+    )?;
+    for seg in &program.image.segments {
+        let flags = PageFlags::new(true, seg.flags.write, seg.flags.exec);
+        user(&mut pt, seg.memory.start, seg.memory.end, flags)?;
+        mem.write_slice(&program.elf[seg.file.clone()], GuestAddress(seg.vaddr))?;
+    }
+    user(&mut pt, plan.heap.start, plan.heap.end, USER_RW)?;
+    for stack in &plan.stacks {
+        user(&mut pt, stack.start, stack.end, USER_RW)?;
+    }
+    let cr3 = pt.root();
+
+    let info = [
+        (boot_info::MAGIC, BOOT_MAGIC),
+        (boot_info::VCPUS, u64::from(vcpus)),
+        (boot_info::MEM_SIZE, plan.mem_size),
+        (boot_info::HEAP_START, plan.heap.start),
+        (boot_info::HEAP_END, plan.heap.end),
+        (boot_info::ARGS_PTR, abi::ARGS),
+        (boot_info::ARGS_LEN, args.len() as u64),
+    ];
+    for (offset, value) in info {
+        mem.write_obj(value, GuestAddress(abi::BOOT_INFO + offset))?;
+    }
+    mem.write_slice(&args, GuestAddress(abi::ARGS))?;
+    for v in 0..vcpus {
+        let mb = hypercall::mailbox_addr(v);
+        mem.write_obj(mb, GuestAddress(mb + 8 * mailbox::SELF_PTR as u64))?;
+        mem.write_obj(u64::from(v), GuestAddress(mb + 8 * mailbox::VCPU as u64))?;
+    }
+    Ok(Loaded {
+        entry: program.image.entry,
+        cr3,
+        access: AccessMap::new(spans),
+    })
+}
+
+/// Sets up vCPU `index` to start the program at CPL3.
+pub(crate) fn configure_vcpu(
+    fd: &VcpuFd,
+    index: u32,
+    loaded: &Loaded,
+    plan: &MicroLayout,
+    cpuid: &CpuId,
+    features: Features,
+) -> Result<(), (&'static str, kvm_ioctls::Error)> {
+    fd.set_cpuid2(&cpuid::for_vcpu(cpuid, index, true))
+        .map_err(|e| ("KVM_SET_CPUID2", e))?;
+    let sregs = fd.get_sregs().map_err(|e| ("KVM_GET_SREGS", e))?;
+    fd.set_sregs(&cpu::user_sregs(sregs, index, loaded.cr3, features))
+        .map_err(|e| ("KVM_SET_SREGS", e))?;
+    let fpu = kvm_fpu {
+        fcw: 0x37f,
+        mxcsr: 0x1f80,
+        ..Default::default()
+    };
+    fd.set_fpu(&fpu).map_err(|e| ("KVM_SET_FPU", e))?;
+    let top = plan.stacks[index as usize].end;
+    fd.set_regs(&cpu::user_regs(loaded.entry, top, index))
+        .map_err(|e| ("KVM_SET_REGS", e))?;
+    Ok(())
+}
+
+/// Exit handling for micro zones: hypercalls and fault reports.
+pub(crate) struct MicroExits {
+    pub(crate) dispatcher: Dispatcher,
+    pub(crate) shared: Arc<ZoneShared>,
+}
+
+impl GuestExits for MicroExits {
+    fn io_out(&self, cx: &VcpuCtx<'_>, port: u16, data: &[u8]) -> Flow {
+        match port {
+            HYPERCALL_PORT => {
+                let mut nr = [0u8; 4];
+                let n = data.len().min(4);
+                nr[..n].copy_from_slice(&data[..n]);
+                match self
+                    .dispatcher
+                    .handle(cx.index, u32::from_le_bytes(nr), self.shared.as_ref())
+                {
+                    Outcome::Return { .. } => Flow::Continue,
+                    Outcome::Stop(exit) => Flow::Stop(exit),
+                    Outcome::Idle => Flow::Idle,
+                }
+            }
+            FAULT_PORT => report_fault(cx, &self.dispatcher.mem),
+            other => unexpected(cx, format!("write to I/O port {other:#x}")),
+        }
+    }
+
+    fn io_in(&self, cx: &VcpuCtx<'_>, port: u16, data: &mut [u8]) -> Flow {
+        // Only the hypercall port is reachable from CPL3; reading it means nothing.
+        data.fill(0xff);
+        self.shared.violation(
+            cx.index,
+            "hypercall",
+            format!("read from I/O port {port:#x}"),
+        );
+        Flow::Continue
+    }
+
+    fn mmio_read(&self, cx: &VcpuCtx<'_>, addr: u64, _: &mut [u8]) -> Flow {
+        unexpected(cx, format!("MMIO read at {addr:#x}"))
+    }
+
+    fn mmio_write(&self, cx: &VcpuCtx<'_>, addr: u64, _: &[u8]) -> Flow {
+        unexpected(cx, format!("MMIO write at {addr:#x}"))
+    }
+}
+
+fn unexpected(cx: &VcpuCtx<'_>, what: String) -> Flow {
+    Flow::Stop(ZoneExit::Crashed {
+        vcpu: cx.index,
+        reason: format!("{what}, which micro-zone code cannot reach"),
+    })
+}
+
+/// Reads the exception frame a CPL0 stub left on the vCPU's exception stack:
+/// `[vector, error code, rip, cs, rflags, rsp, ss]`.
+fn report_fault(cx: &VcpuCtx<'_>, mem: &GuestMemoryMmap) -> Flow {
+    let (regs, sregs) = match (cx.regs(), cx.sregs()) {
+        (Ok(r), Ok(s)) => (r, s),
+        (Err(e), _) | (_, Err(e)) => {
+            return Flow::Stop(ZoneExit::Crashed {
+                vcpu: cx.index,
+                reason: format!("reading registers after a fault: {e}"),
+            });
+        }
+    };
+    let low = abi::KERNEL_STACKS + u64::from(cx.index) * PAGE_SIZE;
+    let frame_end = regs.rsp.checked_add(7 * 8);
+    if regs.rsp < low || frame_end.is_none_or(|end| end > low + PAGE_SIZE) || sregs.cs.dpl != 0 {
+        return Flow::Stop(ZoneExit::Crashed {
+            vcpu: cx.index,
+            reason: format!(
+                "fault port written with rsp {:#x} at CPL{}, not by an exception stub",
+                regs.rsp, sregs.cs.dpl
+            ),
+        });
+    }
+    let mut raw = [0u8; 56];
+    if mem.read_slice(&mut raw, GuestAddress(regs.rsp)).is_err() {
+        return Flow::Stop(ZoneExit::Crashed {
+            vcpu: cx.index,
+            reason: "exception frame unreadable".into(),
+        });
+    }
+    let word = |i: usize| {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(&raw[i * 8..i * 8 + 8]);
+        u64::from_le_bytes(w)
+    };
+    let vector = word(0) as u8;
+    Flow::Stop(ZoneExit::Fault(Fault {
+        vcpu: cx.index,
+        vector,
+        error_code: Exception::has_error_code(vector).then(|| word(1)),
+        rip: word(2),
+        cr2: (vector == 14).then_some(sregs.cr2),
+        cpl: (word(3) & 3) as u8,
+    }))
+}

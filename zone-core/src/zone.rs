@@ -1,0 +1,333 @@
+//! [`Zone`] (owns the VM and its threads) and [`ZoneHandle`] (a cloneable, thread-safe
+//! controller).
+
+use crate::console::ConsoleBuffer;
+use crate::control::{Control, ControlError, ZoneState};
+use crate::deadline::{self, DeadlineTarget};
+use crate::events::{EventBus, EventStream, Violation, ZoneEvent};
+use crate::exit::ZoneExit;
+use crate::memory;
+use crate::metrics::{HypercallKind, Metrics, ZoneMetrics};
+use crate::micro::hypercall::HypercallSink;
+use crate::vcpu::{self, kick::Kicker};
+use kvm_ioctls::{Kvm, VmFd};
+use std::ops::Deref;
+use std::sync::{Arc, Mutex, RwLock};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
+
+/// State shared by a zone's vCPU threads, its handles and the deadline service.
+pub(crate) struct ZoneShared {
+    pub(crate) id: u64,
+    pub(crate) name: String,
+    pub(crate) control: Control,
+    pub(crate) metrics: Metrics,
+    pub(crate) events: EventBus,
+    pub(crate) console: ConsoleBuffer,
+    pub(crate) console_limit: usize,
+    pub(crate) kickers: Vec<Kicker>,
+    pub(crate) memory: RwLock<Option<GuestMemoryMmap>>,
+    pub(crate) deadline: Mutex<Option<Instant>>,
+}
+
+impl ZoneShared {
+    /// Decides the zone's exit (first one wins) and kicks every vCPU out of the guest.
+    pub(crate) fn stop(&self, exit: ZoneExit) {
+        if self.control.stop(exit) {
+            self.kick_all();
+        }
+    }
+
+    pub(crate) fn kick_all(&self) {
+        for kicker in &self.kickers {
+            kicker.kick();
+        }
+    }
+
+    /// Reports a refused guest request.
+    pub(crate) fn violation(&self, vcpu: u32, control: &'static str, detail: String) {
+        self.metrics.rejected();
+        self.events.emit(ZoneEvent::Violation(Violation {
+            vcpu: Some(vcpu),
+            control,
+            detail,
+        }));
+    }
+}
+
+impl HypercallSink for ZoneShared {
+    fn console(&self, vcpu: u32, bytes: &[u8]) {
+        let pushed = self.console.push(bytes);
+        self.metrics
+            .console(pushed.kept as u64, pushed.dropped as u64);
+        if pushed.first_overflow {
+            let detail = format!(
+                "console capture limit of {} bytes reached; further output is dropped",
+                self.console_limit
+            );
+            self.violation(vcpu, "console", detail);
+        }
+    }
+
+    fn violation(&self, vcpu: u32, control: &'static str, detail: String) {
+        ZoneShared::violation(self, vcpu, control, detail);
+    }
+
+    fn count(&self, kind: HypercallKind) {
+        self.metrics.hypercall(kind);
+    }
+
+    fn host_fn_called(&self, index: usize) {
+        self.metrics.host_fn_call(index);
+    }
+}
+
+impl DeadlineTarget for ZoneShared {
+    fn deadline_reached(&self, at: Instant) {
+        let current = *self.deadline.lock().unwrap_or_else(|e| e.into_inner());
+        if current == Some(at) {
+            self.stop(ZoneExit::DeadlineExceeded);
+        }
+    }
+}
+
+/// Why guest memory could not be read or written from the host.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum MemoryAccessError {
+    /// The range is not inside guest memory.
+    #[error("zone {zone}: guest range {addr:#x}+{len:#x} is outside its guest memory")]
+    OutOfRange {
+        /// The zone.
+        zone: String,
+        /// Start address.
+        addr: u64,
+        /// Length.
+        len: usize,
+    },
+    /// The zone was dropped and its memory released.
+    #[error("zone {zone} was dropped; its memory is released")]
+    Released {
+        /// The zone.
+        zone: String,
+    },
+}
+
+/// A cloneable, `Send + Sync` controller of a zone: pause, resume, kill, deadlines, waiting,
+/// metrics, events, console and guest memory, from any thread. It stays valid after the
+/// [`Zone`] is dropped (then the zone has ended and its memory is released).
+#[derive(Clone)]
+pub struct ZoneHandle {
+    pub(crate) shared: Arc<ZoneShared>,
+}
+
+impl std::fmt::Debug for ZoneHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ZoneHandle")
+            .field("name", &self.shared.name)
+            .field("state", &self.state())
+            .finish()
+    }
+}
+
+impl ZoneHandle {
+    /// The zone's name.
+    pub fn name(&self) -> &str {
+        &self.shared.name
+    }
+
+    /// Stops every vCPU at its next exit (kicking it out of the guest at once) and returns when
+    /// none runs guest code. A vCPU inside a host function pauses when the function returns; called
+    /// from a host function of this zone, `pause` does not wait for its own vCPU.
+    pub fn pause(&self) -> Result<(), ControlError> {
+        let newly = self
+            .shared
+            .control
+            .request_pause()
+            .map_err(|exit| self.ended(exit))?;
+        self.shared.kick_all();
+        let own = u32::from(vcpu::current_zone() == self.shared.id);
+        self.shared
+            .control
+            .wait_parked(own)
+            .map_err(|exit| self.ended(exit))?;
+        if newly {
+            self.shared.events.emit(ZoneEvent::Paused);
+        }
+        Ok(())
+    }
+
+    /// Lets a paused zone run again. Resuming a running zone does nothing.
+    pub fn resume(&self) -> Result<(), ControlError> {
+        if self
+            .shared
+            .control
+            .resume()
+            .map_err(|exit| self.ended(exit))?
+        {
+            self.shared.events.emit(ZoneEvent::Resumed);
+        }
+        Ok(())
+    }
+
+    /// Ends the zone now with [`ZoneExit::Killed`] (unless it already ended). Returns at once;
+    /// [`wait`](Self::wait) returns once every vCPU has left the guest.
+    pub fn kill(&self) {
+        self.shared.stop(ZoneExit::Killed);
+    }
+
+    /// Sets (or moves) the deadline to `after` from now. When it passes the zone ends with
+    /// [`ZoneExit::DeadlineExceeded`].
+    pub fn set_deadline(&self, after: Duration) {
+        let at = Instant::now() + after;
+        *self
+            .shared
+            .deadline
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(at);
+        let weak = Arc::downgrade(&self.shared);
+        deadline::schedule(at, weak);
+    }
+
+    /// Blocks until the zone has ended and every vCPU has left the guest.
+    pub fn wait(&self) -> ZoneExit {
+        self.shared.control.wait(None).unwrap_or(ZoneExit::Killed)
+    }
+
+    /// Like [`wait`](Self::wait), giving up after `timeout`.
+    pub fn wait_timeout(&self, timeout: Duration) -> Option<ZoneExit> {
+        self.shared.control.wait(Some(Instant::now() + timeout))
+    }
+
+    /// The zone's current state.
+    pub fn state(&self) -> ZoneState {
+        self.shared.control.state()
+    }
+
+    /// A snapshot of the zone's counters.
+    pub fn metrics(&self) -> ZoneMetrics {
+        let resident = self
+            .shared
+            .memory
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .and_then(memory::resident_bytes);
+        self.shared
+            .metrics
+            .snapshot(resident, self.shared.events.dropped())
+    }
+
+    /// Subscribes to the zone's events. The first subscription receives every event since the
+    /// zone was built; later ones start now.
+    pub fn events(&self) -> EventStream {
+        self.shared.events.subscribe()
+    }
+
+    /// The console bytes captured so far.
+    pub fn console(&self) -> Vec<u8> {
+        self.shared.console.snapshot()
+    }
+
+    /// The console as text (invalid UTF-8 replaced).
+    pub fn console_text(&self) -> String {
+        String::from_utf8_lossy(&self.shared.console.snapshot()).into_owned()
+    }
+
+    /// Copies guest memory at guest physical address `addr` into `buf`.
+    pub fn read_memory(&self, addr: u64, buf: &mut [u8]) -> Result<(), MemoryAccessError> {
+        self.with_memory(addr, buf.len(), |mem| {
+            mem.read_slice(buf, GuestAddress(addr)).is_ok()
+        })
+    }
+
+    /// Copies `data` into guest memory at guest physical address `addr`.
+    pub fn write_memory(&self, addr: u64, data: &[u8]) -> Result<(), MemoryAccessError> {
+        self.with_memory(addr, data.len(), |mem| {
+            mem.write_slice(data, GuestAddress(addr)).is_ok()
+        })
+    }
+
+    fn with_memory(
+        &self,
+        addr: u64,
+        len: usize,
+        f: impl FnOnce(&GuestMemoryMmap) -> bool,
+    ) -> Result<(), MemoryAccessError> {
+        let guard = self.shared.memory.read().unwrap_or_else(|e| e.into_inner());
+        let mem = guard.as_ref().ok_or_else(|| MemoryAccessError::Released {
+            zone: self.shared.name.clone(),
+        })?;
+        let in_range = len == 0 || mem.check_range(GuestAddress(addr), len);
+        if in_range && f(mem) {
+            Ok(())
+        } else {
+            Err(MemoryAccessError::OutOfRange {
+                zone: self.shared.name.clone(),
+                addr,
+                len,
+            })
+        }
+    }
+
+    fn ended(&self, exit: ZoneExit) -> ControlError {
+        ControlError::Ended {
+            zone: self.shared.name.clone(),
+            exit,
+        }
+    }
+}
+
+/// A running zone. Dereferences to its [`ZoneHandle`] for control and observation.
+///
+/// Dropping a `Zone` kills it if it is still running, joins its vCPU threads, closes its KVM file
+/// descriptors and releases its guest memory.
+pub struct Zone {
+    pub(crate) handle: ZoneHandle,
+    pub(crate) threads: Vec<JoinHandle<()>>,
+    pub(crate) vm: Option<VmFd>,
+    pub(crate) kvm: Option<Kvm>,
+}
+
+impl Zone {
+    /// Starts describing a zone.
+    pub fn builder() -> crate::ZoneBuilder {
+        crate::ZoneBuilder::default()
+    }
+
+    /// A handle to control this zone from other threads.
+    pub fn handle(&self) -> ZoneHandle {
+        self.handle.clone()
+    }
+}
+
+impl Deref for Zone {
+    type Target = ZoneHandle;
+
+    fn deref(&self) -> &ZoneHandle {
+        &self.handle
+    }
+}
+
+impl std::fmt::Debug for Zone {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.handle.fmt(f)
+    }
+}
+
+impl Drop for Zone {
+    fn drop(&mut self) {
+        self.handle.shared.stop(ZoneExit::Killed);
+        for thread in self.threads.drain(..) {
+            let _ = thread.join();
+        }
+        drop(self.vm.take());
+        drop(self.kvm.take());
+        *self
+            .handle
+            .shared
+            .memory
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = None;
+    }
+}
