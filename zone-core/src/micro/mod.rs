@@ -17,7 +17,7 @@ use crate::memory::{AccessMap, Span};
 use crate::vcpu::{Flow, GuestExits, VcpuCtx};
 use crate::zone::ZoneShared;
 use hypercall::{Dispatcher, Outcome};
-use kvm_bindings::{CpuId, kvm_fpu};
+use kvm_bindings::{CpuId, KVM_MP_STATE_RUNNABLE, kvm_fpu, kvm_mp_state};
 use kvm_ioctls::VcpuFd;
 use layout::MicroLayout;
 use paging::{PageFlags, PageTables, PagingError};
@@ -165,6 +165,13 @@ pub(crate) fn configure_vcpu(
     let top = plan.stacks[index as usize].end;
     fd.set_regs(&cpu::user_regs(loaded.entry, top, index))
         .map_err(|e| ("KVM_SET_REGS", e))?;
+    // With the in-kernel LAPIC every vCPU but the first waits for INIT/SIPI; micro zones start
+    // all vCPUs at once.
+    let runnable = kvm_mp_state {
+        mp_state: KVM_MP_STATE_RUNNABLE,
+    };
+    fd.set_mp_state(runnable)
+        .map_err(|e| ("KVM_SET_MP_STATE", e))?;
     Ok(())
 }
 
