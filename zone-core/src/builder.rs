@@ -327,7 +327,7 @@ impl ZoneBuilder {
             zone: zone.clone(),
             source,
         })?;
-        vm.create_irq_chip().map_err(vm_err("KVM_CREATE_IRQCHIP"))?;
+        kvm::create_split_irqchip(&vm).map_err(vm_err("KVM_ENABLE_CAP(SPLIT_IRQCHIP)"))?;
         let loaded =
             micro::load(&mem, &program, &plan, self.vcpus).map_err(|source| BuildError::Load {
                 zone: zone.clone(),
