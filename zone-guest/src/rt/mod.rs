@@ -28,9 +28,15 @@ pub use start::{ExitCode, args, exit, heap_bounds, idle, memory_size, vcpu_count
 use crate::abi::{Hypercall, mailbox};
 use core::arch::asm;
 
-/// Performs a raw hypercall: writes `args` into this vCPU's mailbox, traps to the host and returns
+/// Performs a hypercall: writes `args` into this vCPU's mailbox, traps to the host and returns
 /// the two result words.
 pub fn hypercall(nr: Hypercall, args: [u64; 6]) -> [u64; 2] {
+    raw_hypercall(nr as u32, args)
+}
+
+/// Like [`hypercall`] with any number, including ones the host does not know (it answers
+/// `status::UNKNOWN_HYPERCALL`).
+pub fn raw_hypercall(nr: u32, args: [u64; 6]) -> [u64; 2] {
     let mb = mailbox_ptr();
     // SAFETY: the host maps this vCPU's mailbox page user read-write and points FS at it; the
     // argument and result words lie inside that page. The `out` to the hypercall port is the one
@@ -40,7 +46,7 @@ pub fn hypercall(nr: Hypercall, args: [u64; 6]) -> [u64; 2] {
         for (i, arg) in args.iter().enumerate() {
             mb.add(mailbox::ARGS + i).write_volatile(*arg);
         }
-        asm!("out dx, eax", in("dx") crate::abi::HYPERCALL_PORT, in("eax") nr as u32,
+        asm!("out dx, eax", in("dx") crate::abi::HYPERCALL_PORT, in("eax") nr,
              options(nostack, preserves_flags));
         [
             mb.add(mailbox::RET0).read_volatile(),

@@ -1,0 +1,92 @@
+//! Helpers shared by the zone tests.
+#![allow(dead_code)]
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use zones::prelude::*;
+
+/// Whether /dev/kvm can be opened. Prints why a test is skipped when it cannot.
+pub fn kvm_available(test: &str) -> bool {
+    match std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+    {
+        Ok(_) => true,
+        Err(e) => {
+            eprintln!("SKIPPED {test}: /dev/kvm cannot be opened ({e}); zone tests need KVM");
+            false
+        }
+    }
+}
+
+/// Returns from the test (printing the reason) when KVM is unavailable.
+#[macro_export]
+macro_rules! require_kvm {
+    () => {
+        if !common::kvm_available(module_path!()) {
+            return;
+        }
+    };
+}
+
+/// A guest program built by build.rs from tests/guests/<name>.rs.
+#[macro_export]
+macro_rules! guest {
+    ($name:literal) => {
+        zones::GuestProgram::from_elf(include_bytes!(env!(concat!("ZONES_GUEST_", $name))))
+            .expect("guest ELF")
+    };
+}
+
+/// A value a host function stores for the test to read.
+#[derive(Clone, Default)]
+pub struct Slot<T>(pub Arc<Mutex<Option<T>>>);
+
+impl<T: Clone> Slot<T> {
+    pub fn set(&self, v: T) {
+        *self.0.lock().unwrap() = Some(v);
+    }
+    pub fn get(&self) -> Option<T> {
+        self.0.lock().unwrap().clone()
+    }
+    /// Waits up to 10 s for a value.
+    pub fn wait(&self) -> T {
+        let until = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(v) = self.get() {
+                return v;
+            }
+            assert!(Instant::now() < until, "timed out waiting for the guest");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+}
+
+/// Reads a u64 from guest memory.
+pub fn read_u64(zone: &ZoneHandle, addr: u64) -> u64 {
+    let mut b = [0u8; 8];
+    zone.read_memory(addr, &mut b).expect("guest memory read");
+    u64::from_le_bytes(b)
+}
+
+/// Starts the `spin` guest and returns it with the address of its counter, once it counts.
+pub fn spinning_zone(builder: ZoneBuilder) -> (Zone, u64) {
+    let at = Slot::default();
+    let slot = at.clone();
+    let zone = builder
+        .micro(crate::guest!("SPIN"))
+        .host_fn_u64("counter_at", move |a| {
+            slot.set(a[0]);
+            0
+        })
+        .build()
+        .expect("spin zone");
+    let addr = at.wait();
+    let until = Instant::now() + Duration::from_secs(10);
+    while read_u64(&zone, addr) == 0 {
+        assert!(Instant::now() < until, "counter never advanced");
+        std::thread::yield_now();
+    }
+    (zone, addr)
+}

@@ -1,0 +1,179 @@
+//! Real-time containment of running zones: kill, deadlines, pause/resume, many zones at once.
+
+mod common;
+
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+use zones::prelude::*;
+
+#[test]
+fn kill_stops_an_infinite_loop_within_100ms() {
+    require_kvm!();
+    let (zone, _) = common::spinning_zone(Zone::builder().memory_mib(8));
+    let handle = zone.handle();
+    let started = Instant::now();
+    std::thread::spawn(move || handle.kill()).join().unwrap();
+    let exit = zone.wait();
+    let took = started.elapsed();
+    assert_eq!(exit, ZoneExit::Killed);
+    assert!(took < Duration::from_millis(100), "kill took {took:?}");
+    assert!(zone.metrics().exits.interrupted >= 1);
+    assert!(matches!(zone.state(), ZoneState::Ended(ZoneExit::Killed)));
+}
+
+#[test]
+fn deadline_stops_an_infinite_loop_within_100ms_of_expiry() {
+    require_kvm!();
+    let deadline = Duration::from_millis(300);
+    let started = Instant::now();
+    let (zone, _) = common::spinning_zone(Zone::builder().memory_mib(8).deadline(deadline));
+    let exit = zone.wait();
+    let took = started.elapsed();
+    assert_eq!(exit, ZoneExit::DeadlineExceeded);
+    assert!(took >= deadline, "stopped early: {took:?}");
+    assert!(
+        took < deadline + Duration::from_millis(100),
+        "stopped {:?} after the deadline",
+        took - deadline
+    );
+}
+
+#[test]
+fn a_deadline_can_be_moved_while_running() {
+    require_kvm!();
+    let (zone, _) = common::spinning_zone(
+        Zone::builder()
+            .memory_mib(8)
+            .deadline(Duration::from_millis(50)),
+    );
+    zone.set_deadline(Duration::from_millis(400));
+    let started = Instant::now();
+    assert_eq!(zone.wait(), ZoneExit::DeadlineExceeded);
+    assert!(
+        started.elapsed() >= Duration::from_millis(300),
+        "the old deadline fired"
+    );
+}
+
+#[test]
+fn pause_freezes_guest_progress_and_resume_continues_it() {
+    require_kvm!();
+    let (zone, counter) = common::spinning_zone(Zone::builder().memory_mib(8));
+    let events = zone.events();
+    zone.pause().unwrap();
+    assert_eq!(zone.state(), ZoneState::Paused);
+    let frozen = common::read_u64(&zone, counter);
+    let run_time = zone.metrics().vcpu_run_time;
+    std::thread::sleep(Duration::from_millis(50));
+    assert_eq!(
+        common::read_u64(&zone, counter),
+        frozen,
+        "counter advanced while paused"
+    );
+    assert_eq!(
+        zone.metrics().vcpu_run_time,
+        run_time,
+        "vCPU time advanced while paused"
+    );
+    zone.resume().unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    assert!(
+        common::read_u64(&zone, counter) > frozen,
+        "counter did not advance after resume"
+    );
+    zone.kill();
+    assert_eq!(zone.wait(), ZoneExit::Killed);
+    let seen: Vec<_> = events.drain();
+    assert!(
+        seen.contains(&ZoneEvent::Paused) && seen.contains(&ZoneEvent::Resumed),
+        "{seen:?}"
+    );
+    assert_eq!(seen.last(), Some(&ZoneEvent::Stopped(ZoneExit::Killed)));
+    assert!(matches!(zone.pause(), Err(ControlError::Ended { .. })));
+}
+
+#[test]
+fn pause_and_kill_reach_every_vcpu() {
+    require_kvm!();
+    let zone = Zone::builder()
+        .memory_mib(16)
+        .vcpus(4)
+        .micro(guest!("MULTI"))
+        .host_fn_u64("checkin", |_| 0)
+        .start_paused(true)
+        .build()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(20));
+    assert_eq!(
+        zone.metrics().hypercalls.host_call,
+        0,
+        "nothing runs while started paused"
+    );
+    zone.resume().unwrap();
+    assert_eq!(zone.wait(), ZoneExit::Exited(4));
+}
+
+#[test]
+fn sixty_four_zones_are_alive_at_once() {
+    require_kvm!();
+    const N: usize = 64;
+    // (guests inside `arrive`, released by the test) and its condition variable.
+    let gate = Arc::new((Mutex::new((0usize, false)), Condvar::new()));
+    let zones: Vec<Zone> = (0..N)
+        .map(|i| {
+            let gate = gate.clone();
+            Zone::builder()
+                .name(format!("many-{i}"))
+                .memory_mib(8)
+                .micro(guest!("RENDEZVOUS"))
+                .host_fn_u64("arrive", move |_| {
+                    let (state, cv) = &*gate;
+                    let mut st = state.lock().unwrap();
+                    st.0 += 1;
+                    cv.notify_all();
+                    let (st, _) = cv
+                        .wait_timeout_while(st, Duration::from_secs(30), |st| !st.1)
+                        .unwrap();
+                    if st.1 { 7 } else { 0 }
+                })
+                .build()
+                .unwrap()
+        })
+        .collect();
+    let (state, cv) = &*gate;
+    let st = cv
+        .wait_timeout_while(state.lock().unwrap(), Duration::from_secs(30), |st| {
+            st.0 < N
+        })
+        .unwrap()
+        .0;
+    assert_eq!(st.0, N, "not every zone reached its host call");
+    drop(st);
+    // Every guest is blocked inside `arrive` now: all 64 zones exist and are running.
+    let running = zones
+        .iter()
+        .filter(|z| z.state() == ZoneState::Running)
+        .count();
+    state.lock().unwrap().1 = true;
+    cv.notify_all();
+    assert_eq!(running, N);
+    for z in &zones {
+        assert_eq!(z.wait(), ZoneExit::Exited(7), "{}", z.name());
+    }
+}
+
+#[test]
+fn handles_outlive_the_zone() {
+    require_kvm!();
+    let (zone, counter) = common::spinning_zone(Zone::builder().memory_mib(8));
+    let handle = zone.handle();
+    drop(zone);
+    assert_eq!(handle.wait(), ZoneExit::Killed, "dropping a zone kills it");
+    handle.kill();
+    assert!(handle.resume().is_err());
+    assert!(matches!(
+        handle.read_memory(counter, &mut [0; 8]),
+        Err(zones::MemoryAccessError::Released { .. })
+    ));
+    assert!(handle.metrics().uptime > Duration::ZERO);
+}
