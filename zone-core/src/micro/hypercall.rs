@@ -285,7 +285,6 @@ impl Dispatcher {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::memory::Span;
     use std::cell::RefCell;
 
     /// Records everything a dispatcher reports.
@@ -311,29 +310,11 @@ pub(crate) mod tests {
         }
     }
 
-    pub(crate) const DATA: u64 = 0x400000;
-    pub(crate) const RODATA: u64 = 0x401000;
+    pub(crate) use crate::fuzzing::{DATA, RODATA};
 
-    /// 8 MiB of memory: a mailbox for vCPU 0, a RW page at DATA, a read-only page at RODATA.
+    /// The small fuzzing guest with test host functions.
     pub(crate) fn dispatcher() -> Dispatcher {
-        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 8 << 20)]).unwrap();
-        let access = AccessMap::new(vec![
-            Span {
-                start: layout::MAILBOXES,
-                end: layout::MAILBOXES + PAGE_SIZE,
-                writable: true,
-            },
-            Span {
-                start: DATA,
-                end: DATA + PAGE_SIZE,
-                writable: true,
-            },
-            Span {
-                start: RODATA,
-                end: RODATA + PAGE_SIZE,
-                writable: false,
-            },
-        ]);
+        let (mem, access) = crate::fuzzing::small_guest();
         let mut functions = HostFunctions::default();
         functions
             .register("add", crate::host_fn::u64_adapter(|a| a.iter().sum()))
@@ -489,13 +470,14 @@ pub(crate) mod tests {
         #[test]
         fn arbitrary_requests_write_only_where_allowed(nr in 0u32..8, args in proptest::array::uniform6(proptest::num::u64::ANY)) {
             let (d, rec) = (dispatcher(), Recorder::default());
+            let size = vm_memory::GuestMemoryBackend::last_addr(&d.mem).0 as usize + 1;
             let before: Vec<u8> = {
-                let mut v = vec![0u8; 8 << 20];
+                let mut v = vec![0u8; size];
                 d.mem.read_slice(&mut v, GuestAddress(0)).unwrap();
                 v
             };
             let _ = call(&d, nr, args, &rec);
-            let mut after = vec![0u8; 8 << 20];
+            let mut after = vec![0u8; size];
             d.mem.read_slice(&mut after, GuestAddress(0)).unwrap();
             for (page, (a, b)) in before.chunks(4096).zip(after.chunks(4096)).enumerate() {
                 if a == b {
