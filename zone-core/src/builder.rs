@@ -224,7 +224,9 @@ impl ZoneBuilder {
     }
 
     /// Grants the guest a host function called `name` (1-64 printable ASCII characters). It runs
-    /// on the calling vCPU's thread; the guest waits for it.
+    /// on the calling vCPU's thread and the guest waits for it. Pause, kill and deadlines take
+    /// effect when it returns, so a host function should not block indefinitely. A panic inside
+    /// it is caught and reported to the guest as an error.
     pub fn host_fn(
         mut self,
         name: &str,

@@ -171,7 +171,9 @@ impl ZoneHandle {
     }
 
     /// Ends the zone now with [`ZoneExit::Killed`] (unless it already ended). Returns at once;
-    /// [`wait`](Self::wait) returns once every vCPU has left the guest.
+    /// [`wait`](Self::wait) returns once every vCPU has left the guest. A vCPU running guest code
+    /// leaves at once; one inside a host function leaves when that function returns (host
+    /// functions are the embedder's code and are not preempted).
     pub fn kill(&self) {
         self.shared.stop(ZoneExit::Killed);
     }
