@@ -1,1 +1,192 @@
-fn main() {}
+//! Micro-zone benchmarks, each beside a raw kvm-ioctls floor measured in the same run:
+//! - lifecycle: build a zone, run it to its first hypercall, drop it; floor: open /dev/kvm,
+//!   create a VM, memory and a vCPU, run to a real-mode HLT, tear down.
+//! - hypercall: one host-function call round trip from a running guest; floor: one raw PIO exit
+//!   from CPL3 (the exit a hypercall costs), and one zones hypercall that does no host work.
+//!
+//! `cargo bench --bench micro_zone` prints each median and its ratio to its floor at the end.
+
+mod raw;
+
+use criterion::{Criterion, criterion_group};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+use zones::prelude::*;
+
+fn program(mode: &str) -> GuestProgram {
+    GuestProgram::from_elf(include_bytes!(env!("ZONES_GUEST_BENCH")))
+        .unwrap()
+        .arg(mode)
+}
+
+fn lifecycle(c: &mut Criterion) {
+    let mut g = c.benchmark_group("lifecycle");
+    g.sample_size(50).measurement_time(Duration::from_secs(8));
+    g.bench_function("floor_raw_kvm_create_run_hlt_drop", |b| {
+        b.iter(raw::create_run_hlt_drop)
+    });
+    let first = program("first");
+    let start_zone = || {
+        let ready = Arc::new(AtomicBool::new(false));
+        let r = ready.clone();
+        let zone = Zone::builder()
+            .memory_mib(8)
+            .micro(first.clone())
+            .host_fn_u64("ready", move |_| {
+                r.store(true, Ordering::Release);
+                0
+            })
+            .build()
+            .unwrap();
+        while !ready.load(Ordering::Acquire) {
+            std::hint::spin_loop();
+        }
+        zone
+    };
+    g.bench_function("zone_build_first_hypercall_drop", |b| {
+        b.iter(|| drop(start_zone()))
+    });
+    // Start latency alone: teardown happens outside the timed part on both sides.
+    g.bench_function("floor_raw_kvm_create_run_hlt", |b| {
+        b.iter_custom(|iters| timed_without_drop(iters, raw::create_run_hlt))
+    });
+    g.bench_function("zone_build_to_first_hypercall", |b| {
+        b.iter_custom(|iters| timed_without_drop(iters, start_zone))
+    });
+    g.finish();
+}
+
+/// Times `iters` runs of `start`, dropping each result outside the timed part.
+fn timed_without_drop<T>(iters: u64, start: impl Fn() -> T) -> Duration {
+    let mut total = Duration::ZERO;
+    for _ in 0..iters {
+        let t = Instant::now();
+        let started = start();
+        total += t.elapsed();
+        drop(started);
+    }
+    total
+}
+
+/// Host side of the `tick` guest: lets exactly the requested number of calls through.
+#[derive(Default)]
+struct Ticks {
+    state: Mutex<(u64, u64)>, // (calls so far, calls allowed)
+    cv: Condvar,
+}
+
+fn hypercalls(c: &mut Criterion) {
+    let mut g = c.benchmark_group("hypercall");
+    g.sample_size(50).measurement_time(Duration::from_secs(8));
+    let mut floor = raw::Cpl3Loop::new();
+    g.bench_function("floor_raw_cpl3_pio_exit", |b| b.iter(|| floor.round_trip()));
+
+    let ticks = Arc::new(Ticks::default());
+    let t = ticks.clone();
+    let zone = Zone::builder()
+        .memory_mib(8)
+        .micro(program("tick"))
+        .host_fn_u64("tick", move |_| {
+            let mut st = t.state.lock().unwrap();
+            st.0 += 1;
+            if st.0 >= st.1 {
+                t.cv.notify_all();
+                drop(t.cv.wait_while(st, |st| st.0 >= st.1).unwrap());
+            }
+            1
+        })
+        .build()
+        .unwrap();
+    g.bench_function("zone_host_fn_round_trip", |b| {
+        b.iter_custom(|iters| {
+            let mut st = ticks.state.lock().unwrap();
+            let start = Instant::now();
+            st.1 = st.0 + iters;
+            ticks.cv.notify_all();
+            let _st = ticks.cv.wait_while(st, |st| st.0 < st.1).unwrap();
+            start.elapsed()
+        })
+    });
+    // Stop the zone, then let its vCPU out of the host function it is blocked in.
+    zone.kill();
+    ticks.state.lock().unwrap().1 = u64::MAX;
+    ticks.cv.notify_all();
+    drop(zone);
+
+    let zone = Zone::builder()
+        .memory_mib(8)
+        .micro(program("null"))
+        .build()
+        .unwrap();
+    g.bench_function("zone_null_hypercall", |b| {
+        b.iter_custom(|iters| {
+            let before = zone.metrics().hypercalls.console;
+            let start = Instant::now();
+            while zone.metrics().hypercalls.console < before + iters {
+                std::thread::sleep(Duration::from_micros(200));
+            }
+            let took = start.elapsed();
+            let done = zone.metrics().hypercalls.console - before;
+            took.mul_f64(iters as f64 / done as f64)
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, lifecycle, hypercalls);
+
+fn median_ns(group: &str, name: &str) -> Option<f64> {
+    let path = format!("target/criterion/{group}/{name}/new/estimates.json");
+    let text = std::fs::read_to_string(path).ok()?;
+    let at = text.find("\"median\"")?;
+    let rest = &text[at..];
+    let p = rest.find("\"point_estimate\":")? + "\"point_estimate\":".len();
+    rest[p..].split([',', '}']).next()?.trim().parse().ok()
+}
+
+fn report() {
+    let rows = [
+        (
+            "lifecycle",
+            "zone_build_first_hypercall_drop",
+            "floor_raw_kvm_create_run_hlt_drop",
+        ),
+        (
+            "lifecycle",
+            "zone_build_to_first_hypercall",
+            "floor_raw_kvm_create_run_hlt",
+        ),
+        (
+            "hypercall",
+            "zone_host_fn_round_trip",
+            "floor_raw_cpl3_pio_exit",
+        ),
+        (
+            "hypercall",
+            "zone_null_hypercall",
+            "floor_raw_cpl3_pio_exit",
+        ),
+    ];
+    println!("\nmedians (ratio to the floor measured in this run):");
+    for (group, name, floor) in rows {
+        if let (Some(v), Some(f)) = (median_ns(group, name), median_ns(group, floor)) {
+            println!(
+                "  {group}/{name}: {:.1} µs; floor {floor}: {:.1} µs; ratio {:.2}",
+                v / 1e3,
+                f / 1e3,
+                v / f
+            );
+        }
+    }
+}
+
+fn main() {
+    if !std::path::Path::new("/dev/kvm").exists() {
+        eprintln!("SKIPPED micro_zone benchmarks: /dev/kvm is absent");
+        return;
+    }
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+    report();
+}
