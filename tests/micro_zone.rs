@@ -23,7 +23,7 @@ fn computes_and_returns_a_value() {
         })
         .build()
         .unwrap();
-    assert_eq!(zone.wait(), ZoneExit::Exited((7919 % 256) as i32));
+    assert_eq!(zone.wait(), ZoneExit::Exited(7919 % 256));
     assert_eq!(result.get(), Some(7919), "the 1000th prime");
     let m = zone.metrics();
     assert_eq!(m.host_functions["result"], 1);
