@@ -95,23 +95,36 @@ pub(crate) fn open(path: &Path, vcpus: u32) -> Result<Kvm, KvmError> {
     if kvm.get_api_version() != 12 {
         return Err(KvmError::NotKvm { path: path.into() });
     }
-    for (cap, name) in REQUIRED {
-        if !kvm.check_extension(*cap) {
-            return Err(KvmError::MissingCapability {
-                path: path.into(),
-                cap: name,
-            });
-        }
+    check_capabilities(
+        path,
+        vcpus,
+        |cap| kvm.check_extension(cap),
+        kvm.get_max_vcpus(),
+    )?;
+    Ok(kvm)
+}
+
+/// Checks the required capabilities (`has`) and the vCPU limit (`max_vcpus`) of a KVM device.
+fn check_capabilities(
+    path: &Path,
+    vcpus: u32,
+    has: impl Fn(Cap) -> bool,
+    max_vcpus: usize,
+) -> Result<(), KvmError> {
+    if let Some((_, name)) = REQUIRED.iter().find(|(cap, _)| !has(*cap)) {
+        return Err(KvmError::MissingCapability {
+            path: path.into(),
+            cap: name,
+        });
     }
-    let max = kvm.get_max_vcpus();
-    if vcpus as usize > max {
+    if vcpus as usize > max_vcpus {
         return Err(KvmError::TooManyVcpus {
             path: path.into(),
-            max,
+            max: max_vcpus,
             requested: vcpus,
         });
     }
-    Ok(kvm)
+    Ok(())
 }
 
 /// IOAPIC pins routed to user space by the split irqchip.
@@ -141,6 +154,31 @@ mod tests {
         let err = open(Path::new("/nonexistent/kvm"), 1).unwrap_err();
         assert!(matches!(err, KvmError::Missing { .. }));
         assert!(err.to_string().contains("/nonexistent/kvm"));
+    }
+
+    #[test]
+    fn a_missing_capability_or_too_few_vcpus_is_named() {
+        let path = Path::new("/dev/kvm");
+        let no_split = check_capabilities(path, 1, |cap| cap != Cap::SplitIrqchip, 64);
+        let err = no_split.unwrap_err();
+        assert!(matches!(
+            err,
+            KvmError::MissingCapability {
+                cap: "KVM_CAP_SPLIT_IRQCHIP",
+                ..
+            }
+        ));
+        assert!(err.to_string().contains("newer host kernel"), "{err}");
+        let few = check_capabilities(path, 9, |_| true, 8).unwrap_err();
+        assert!(matches!(
+            few,
+            KvmError::TooManyVcpus {
+                max: 8,
+                requested: 9,
+                ..
+            }
+        ));
+        assert!(check_capabilities(path, 8, |_| true, 8).is_ok());
     }
 
     #[test]
