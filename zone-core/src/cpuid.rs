@@ -10,6 +10,8 @@ pub(crate) struct Features {
     pub(crate) smep: bool,
     pub(crate) smap: bool,
     pub(crate) umip: bool,
+    /// The CPU vendor is AMD (or Hygon): SVM rather than VMX rules apply.
+    pub(crate) amd: bool,
 }
 
 /// KVM's supported CPUID (cached: it does not change while the process runs).
@@ -23,15 +25,25 @@ pub(crate) fn supported(kvm: &Kvm) -> Result<CpuId, kvm_ioctls::Error> {
 }
 
 pub(crate) fn features(cpuid: &CpuId) -> Features {
-    let leaf7 = cpuid
-        .as_slice()
-        .iter()
-        .find(|e| e.function == 7 && e.index == 0);
-    leaf7.map_or_else(Features::default, |e| Features {
+    let leaf = |f: u32| {
+        cpuid
+            .as_slice()
+            .iter()
+            .find(|e| e.function == f && e.index == 0)
+    };
+    let amd = leaf(0).is_some_and(|e| {
+        // The vendor string is EBX, EDX, ECX: "Auth" "enti" "cAMD" / "Hygo" "nGen" "uine".
+        let ebx = e.ebx.to_le_bytes();
+        &ebx == b"Auth" || &ebx == b"Hygo"
+    });
+    let mut features = leaf(7).map_or_else(Features::default, |e| Features {
         smep: e.ebx & (1 << 7) != 0,
         smap: e.ebx & (1 << 20) != 0,
         umip: e.ecx & (1 << 2) != 0,
-    })
+        amd: false,
+    });
+    features.amd = amd;
+    features
 }
 
 /// The CPUID a vCPU sees: APIC ids set to its index; with `hide_xsave`, XSAVE and the AVX family
@@ -98,6 +110,12 @@ mod tests {
     #[test]
     fn sets_apic_ids_and_hides_xsave_family() {
         let base = CpuId::from_entries(&[
+            entry(
+                0,
+                0,
+                u32::from_le_bytes(*b"Auth"),
+                u32::from_le_bytes(*b"cAMD"),
+            ),
             entry(1, 0, 0x0800_0800, u32::MAX),
             entry(7, 0, u32::MAX, 1 << 2),
             entry(0xb, 0, 0, 0),
@@ -105,7 +123,7 @@ mod tests {
         ])
         .unwrap();
         let c = for_vcpu(&base, 3, true);
-        let s = c.as_slice();
+        let s = &c.as_slice()[1..];
         assert_eq!(s[0].ebx >> 24, 3);
         assert_eq!(s[0].ebx & 0xff_ffff, 0x0800);
         assert_eq!(s[0].ecx & (1 << 28), 0, "AVX hidden");
@@ -119,10 +137,11 @@ mod tests {
             Features {
                 smep: true,
                 smap: true,
-                umip: true
+                umip: true,
+                amd: true,
             }
         );
         let kept = for_vcpu(&base, 0, false);
-        assert_ne!(kept.as_slice()[0].ecx & (1 << 28), 0);
+        assert_ne!(kept.as_slice()[1].ecx & (1 << 28), 0);
     }
 }

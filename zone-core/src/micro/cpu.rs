@@ -191,7 +191,7 @@ pub(crate) fn user_sregs(mut s: kvm_sregs, index: u32, cr3: u64, features: Featu
         base: tss_base(index),
         limit: TSS_LIMIT as u32,
         selector: tss_selector(index),
-        type_: 0xb,
+        type_: tr_type(features),
         present: 1,
         ..Default::default()
     };
@@ -216,6 +216,14 @@ pub(crate) fn user_sregs(mut s: kvm_sregs, index: u32, cr3: u64, features: Featu
         | if features.umip { CR4_UMIP } else { 0 };
     s.efer = EFER_LME | EFER_LMA | EFER_NXE;
     s
+}
+
+/// The type of the loaded TR. Hardware marks a loaded 64-bit TSS busy (11), and Intel VM entry
+/// requires 11 in 64-bit mode. AMD's VMRUN accepts either, and QEMU's software SVM (the lab) honours
+/// the I/O permission bitmap only for type 9, the value QEMU keeps internally after LTR. So AMD
+/// hosts get 9, others 11.
+fn tr_type(features: Features) -> u8 {
+    if features.amd { 0x9 } else { 0xb }
 }
 
 fn gdt_len_bytes(vcpus: u32) -> u64 {
