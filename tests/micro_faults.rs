@@ -102,18 +102,21 @@ fn privileged_instructions_are_general_protection_faults() {
     }
 }
 
-/// Hardware raises #GP (gate DPL 0 < CPL 3) at the `int3`. The paravirtual KVM this project is
-/// developed on (kvm_pvm) delivers #BP after the instruction instead. Either way the zone ends
-/// with a fault at that instruction; nothing else is accepted.
+/// Hardware raises #GP (gate DPL 0 < CPL 3, error code: IDT vector 3) at the `int3`. Two KVMs
+/// this project runs on differ, and each outcome is accepted exactly:
+/// - kvm_pvm (the local KVM) delivers #BP with RIP after the instruction;
+/// - kvm-amd without NRIP save (the lab, under QEMU TCG) emulates the soft interrupt, fails, and
+///   the #UD it raises meets the DPL0 gate: #GP with error code "IDT vector 6", RIP after it.
 #[test]
 fn int3_through_a_supervisor_gate_ends_the_zone() {
     require_kvm!();
     let (f, rip, _) = fault("int3");
-    let hardware = f.exception() == Exception::GeneralProtection
-        && f.rip == rip
-        && f.error_code == Some((3 << 3) | 2);
+    let gp =
+        |code: u64| f.exception() == Exception::GeneralProtection && f.error_code == Some(code);
+    let hardware = gp((3 << 3) | 2) && f.rip == rip;
     let pvm = f.exception() == Exception::Breakpoint && f.rip == rip + 1 && f.error_code.is_none();
-    assert!(hardware || pvm, "{f:?} (int3 at {rip:#x})");
+    let lab = gp((6 << 3) | 2) && f.rip == rip + 1;
+    assert!(hardware || pvm || lab, "{f:?} (int3 at {rip:#x})");
 }
 
 /// Hardware raises #UD (EFER.SCE is clear). kvm_pvm instead transfers to address 0 at CPL3,

@@ -20,6 +20,16 @@ pub fn kvm_available(test: &str) -> bool {
     }
 }
 
+/// `bound` scaled by `ZONES_TIME_SCALE` (default 1). The lab sets 10: under full emulation every
+/// bound that holds on a real KVM holds only about ten times looser.
+pub fn scaled(bound: Duration) -> Duration {
+    let scale = std::env::var("ZONES_TIME_SCALE")
+        .ok()
+        .and_then(|s| s.parse::<u32>().ok())
+        .unwrap_or(1);
+    bound * scale.max(1)
+}
+
 /// Returns from the test (printing the reason) when KVM is unavailable.
 #[macro_export]
 macro_rules! require_kvm {
