@@ -1,22 +1,18 @@
 //! [`ZoneBuilder`]: describe a zone, then [`build`](ZoneBuilder::build) it. Everything that can be
 //! checked without KVM is checked before KVM is touched.
 
-use crate::console::{ConsoleBuffer, ConsoleSink, DEFAULT_CONSOLE_LIMIT};
-use crate::control::Control;
-use crate::cpuid;
-use crate::events::EventBus;
+use crate::console::{ConsoleSink, DEFAULT_CONSOLE_LIMIT};
 use crate::host_fn::{HostCall, HostFnNameError, HostFnResult, HostFunctions, u64_adapter};
-use crate::kvm::{self, DEFAULT_KVM_PATH, KvmError};
-use crate::memory::{self, MemoryError};
-use crate::metrics::Metrics;
-use crate::micro::hypercall::Dispatcher;
-use crate::micro::{self, GuestProgram, LayoutError, LoadError, MicroExits, layout};
-use crate::vcpu::kick::{self, KickSetupError, Kicker};
-use crate::vcpu::{self, GuestExits};
-use crate::zone::{Zone, ZoneHandle, ZoneShared};
+use crate::kvm::{DEFAULT_KVM_PATH, KvmError};
+use crate::linux::LinuxBoot;
+use crate::memory::MemoryError;
+use crate::micro::{self, GuestProgram, LayoutError, LoadError};
+use crate::vcpu::kick::KickSetupError;
+use crate::vmm::Settings;
+use crate::zone::Zone;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 use zone_guest::abi::MAX_VCPUS;
 
@@ -25,12 +21,20 @@ pub const DEFAULT_MEMORY_MIB: u64 = 64;
 
 static NEXT_ZONE_ID: AtomicU64 = AtomicU64::new(1);
 
+/// What a zone runs.
+enum Payload {
+    Micro(GuestProgram),
+    Linux(LinuxBoot),
+}
+
 /// Why a zone could not be built. Every variant names the zone.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum BuildError {
     /// No guest was given.
-    #[error("zone {zone}: no guest program: call .micro(GuestProgram::from_elf(..))")]
+    #[error(
+        "zone {zone}: nothing to run: call .micro(GuestProgram::from_elf(..)) or .linux(LinuxBoot::..)"
+    )]
     NoPayload {
         /// The zone.
         zone: String,
@@ -123,6 +127,15 @@ pub enum BuildError {
         #[source]
         source: KickSetupError,
     },
+    /// The Linux guest could not be prepared.
+    #[error("zone {zone}: {source}")]
+    Linux {
+        /// The zone.
+        zone: String,
+        /// Why.
+        #[source]
+        source: crate::linux::LinuxError,
+    },
     /// A vCPU thread could not be started.
     #[error("zone {zone}: cannot start a vCPU thread: {source}")]
     Thread {
@@ -153,7 +166,7 @@ pub struct ZoneBuilder {
     name: Option<String>,
     memory_mib: u64,
     vcpus: u32,
-    program: Option<GuestProgram>,
+    payload: Option<Payload>,
     deadline: Option<Duration>,
     functions: HostFunctions,
     function_error: Option<HostFnNameError>,
@@ -169,7 +182,7 @@ impl Default for ZoneBuilder {
             name: None,
             memory_mib: DEFAULT_MEMORY_MIB,
             vcpus: 1,
-            program: None,
+            payload: None,
             deadline: None,
             functions: HostFunctions::default(),
             function_error: None,
@@ -213,7 +226,13 @@ impl ZoneBuilder {
 
     /// Runs `program` as a micro zone.
     pub fn micro(mut self, program: GuestProgram) -> Self {
-        self.program = Some(program);
+        self.payload = Some(Payload::Micro(program));
+        self
+    }
+
+    /// Boots a Linux kernel (a Linux zone).
+    pub fn linux(mut self, boot: LinuxBoot) -> Self {
+        self.payload = Some(Payload::Linux(boot));
         self
     }
 
@@ -279,9 +298,6 @@ impl ZoneBuilder {
         if let Some(source) = self.function_error.clone() {
             return Err(BuildError::HostFunction { zone, source });
         }
-        let Some(program) = self.program.clone() else {
-            return Err(BuildError::NoPayload { zone });
-        };
         if self.vcpus == 0 || self.vcpus > MAX_VCPUS {
             return Err(BuildError::Vcpus {
                 zone,
@@ -289,120 +305,24 @@ impl ZoneBuilder {
                 max: MAX_VCPUS,
             });
         }
-        let mem_size = self.memory_mib.saturating_mul(1 << 20);
-        let plan = layout::plan(
-            program.image_end(),
-            self.vcpus,
-            program.stack_size,
-            mem_size,
-        )
-        .map_err(|source| BuildError::Layout {
-            zone: zone.clone(),
-            source,
-        })?;
-        program.check_args().map_err(|source| BuildError::Load {
-            zone: zone.clone(),
-            source,
-        })?;
-
-        // KVM.
-        kick::install_handler().map_err(|source| BuildError::Kick {
-            zone: zone.clone(),
-            source,
-        })?;
-        let kvm = kvm::open(&self.kvm_path, self.vcpus).map_err(|source| BuildError::Kvm {
-            zone: zone.clone(),
-            source,
-        })?;
-        let vm_err = |op| {
-            let zone = zone.clone();
-            move |source| BuildError::Vm { zone, op, source }
-        };
-        let base_cpuid = cpuid::supported(&kvm).map_err(vm_err("KVM_GET_SUPPORTED_CPUID"))?;
-        let features = cpuid::features(&base_cpuid);
-        let vm = kvm.create_vm().map_err(vm_err("KVM_CREATE_VM"))?;
-        let mem = memory::allocate(mem_size).map_err(|source| BuildError::Memory {
-            zone: zone.clone(),
-            source,
-        })?;
-        memory::register(&vm, &mem).map_err(|source| BuildError::Memory {
-            zone: zone.clone(),
-            source,
-        })?;
-        kvm::create_split_irqchip(&vm).map_err(vm_err("KVM_ENABLE_CAP(SPLIT_IRQCHIP)"))?;
-        let loaded =
-            micro::load(&mem, &program, &plan, self.vcpus).map_err(|source| BuildError::Load {
-                zone: zone.clone(),
-                source,
-            })?;
-        let mut vcpu_fds = Vec::with_capacity(self.vcpus as usize);
-        for index in 0..self.vcpus {
-            let vcpu_err = |(op, source)| BuildError::Vcpu {
-                zone: zone.clone(),
-                vcpu: index,
-                op,
-                source,
-            };
-            let fd = vm
-                .create_vcpu(u64::from(index))
-                .map_err(|e| vcpu_err(("KVM_CREATE_VCPU", e)))?;
-            micro::configure_vcpu(&fd, index, &loaded, &plan, &base_cpuid, features)
-                .map_err(vcpu_err)?;
-            vcpu_fds.push(fd);
-        }
-
-        let shared = Arc::new(ZoneShared {
+        let settings = Settings {
             id,
-            name: zone.clone(),
-            control: Control::new(self.vcpus, self.start_paused),
-            metrics: Metrics::new(self.vcpus, self.functions.names(), mem_size),
-            events: EventBus::new(),
-            console: ConsoleBuffer::new(self.console_limit, self.console_sink.clone()),
+            zone,
+            vcpus: self.vcpus,
+            mem_size: self.memory_mib.saturating_mul(1 << 20),
+            kvm_path: self.kvm_path,
+            deadline: self.deadline,
+            start_paused: self.start_paused,
             console_limit: self.console_limit,
-            kickers: (0..self.vcpus).map(|_| Kicker::default()).collect(),
-            memory: RwLock::new(Some(mem.clone())),
-            deadline: Mutex::new(None),
-        });
-        let exits: Arc<dyn GuestExits> = Arc::new(MicroExits {
-            dispatcher: Dispatcher {
-                zone: zone.clone(),
-                mem,
-                access: loaded.access,
-                functions: self.functions,
-            },
-            shared: shared.clone(),
-        });
-        let mut built = Zone {
-            handle: ZoneHandle {
-                shared: shared.clone(),
-            },
-            threads: Vec::new(),
-            vm: Some(vm),
-            kvm: Some(kvm),
+            console_sink: self.console_sink,
+            host_fn_names: self.functions.names(),
         };
-        if let Some(after) = self.deadline {
-            built.set_deadline(after);
+        match self.payload {
+            None => Err(BuildError::NoPayload {
+                zone: settings.zone,
+            }),
+            Some(Payload::Micro(program)) => micro::build(&settings, &program, self.functions),
+            Some(Payload::Linux(boot)) => crate::linux::build(&settings, &boot, self.functions),
         }
-        for (index, fd) in (0u32..).zip(vcpu_fds) {
-            let (shared, exits) = (shared.clone(), exits.clone());
-            let thread = std::thread::Builder::new()
-                .name(format!("{}/{index}", short(&zone)))
-                .spawn(move || vcpu::run(fd, index, shared, exits))
-                .map_err(|source| BuildError::Thread {
-                    zone: zone.clone(),
-                    source,
-                })?;
-            built.threads.push(thread);
-        }
-        Ok(built)
     }
-}
-
-/// A thread-name prefix: Linux keeps 15 bytes of a thread name.
-fn short(name: &str) -> &str {
-    let mut end = name.len().min(12);
-    while !name.is_char_boundary(end) {
-        end -= 1;
-    }
-    &name[..end]
 }

@@ -92,6 +92,47 @@ pub(crate) fn for_vcpu(base: &CpuId, index: u32, hide_xsave: bool) -> CpuId {
     cpuid
 }
 
+/// The CPUID vCPU `index` of a `vcpus`-vCPU Linux zone sees: [`for_vcpu`] plus a consistent
+/// topology (one package, one thread per core, `vcpus` cores) and the hypervisor bit.
+pub(crate) fn for_linux_vcpu(base: &CpuId, index: u32, vcpus: u32, hide_xsave: bool) -> CpuId {
+    let mut cpuid = for_vcpu(base, index, hide_xsave);
+    let core_bits = 32 - vcpus.saturating_sub(1).leading_zeros();
+    let amd = features(base).amd;
+    for e in cpuid.as_mut_slice() {
+        match (e.function, e.index) {
+            (1, _) => {
+                // Logical processors per package in EBX[23:16]; HTT (EDX 28) when more than one;
+                // the hypervisor-present bit (ECX 31).
+                e.ebx = (e.ebx & 0xff00_ffff) | (vcpus.min(255) << 16);
+                if vcpus > 1 {
+                    e.edx |= 1 << 28;
+                } else {
+                    e.edx &= !(1 << 28);
+                }
+                e.ecx |= 1 << 31;
+            }
+            (0xb, 0) => {
+                e.eax = 0;
+                e.ebx = 1;
+                e.ecx = 1 << 8;
+            }
+            (0xb, 1) => {
+                e.eax = core_bits;
+                e.ebx = vcpus;
+                e.ecx = (2 << 8) | 1;
+            }
+            (0xb, n) => {
+                e.eax = 0;
+                e.ebx = 0;
+                e.ecx = n;
+            }
+            (0x8000_0008, _) if amd => e.ecx = (e.ecx & !0xf0ff) | (core_bits << 12) | (vcpus - 1),
+            _ => {}
+        }
+    }
+    cpuid
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -105,6 +146,29 @@ mod tests {
             ecx,
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn linux_topology_is_one_package_of_n_cores() {
+        let base = CpuId::from_entries(&[
+            entry(0, 0, u32::from_le_bytes(*b"Auth"), 0),
+            entry(1, 0, 0, 0),
+            entry(0xb, 0, 0, 0),
+            entry(0xb, 1, 0, 0),
+            entry(0x8000_0008, 0, 0, 0),
+        ])
+        .unwrap();
+        let c = for_linux_vcpu(&base, 2, 4, false);
+        let s = c.as_slice();
+        assert_eq!(s[1].ebx >> 24, 2, "APIC id");
+        assert_eq!((s[1].ebx >> 16) & 0xff, 4, "logical processors");
+        assert_ne!(s[1].ecx & (1 << 31), 0, "hypervisor bit");
+        assert_eq!(
+            (s[3].eax, s[3].ebx, s[3].edx),
+            (2, 4, 2),
+            "core level: 2 bits, 4 cores, x2APIC id"
+        );
+        assert_eq!(s[4].ecx & 0xff, 3, "AMD NC = cores - 1");
     }
 
     #[test]

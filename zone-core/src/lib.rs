@@ -17,16 +17,19 @@ mod console;
 mod control;
 mod cpuid;
 mod deadline;
+mod devices;
 mod events;
 mod exit;
 #[doc(hidden)]
 pub mod fuzzing;
 mod host_fn;
 mod kvm;
+pub mod linux;
 mod memory;
 mod metrics;
 pub mod micro;
 mod vcpu;
+mod vmm;
 mod zone;
 
 pub use builder::{BuildError, DEFAULT_MEMORY_MIB, ZoneBuilder};
@@ -36,6 +39,7 @@ pub use events::{EVENT_QUEUE_CAPACITY, EventStream, Violation, ZoneEvent};
 pub use exit::{Exception, Fault, ZoneExit};
 pub use host_fn::{HostCall, HostFnError, HostFnNameError, HostFnResult};
 pub use kvm::{DEFAULT_KVM_PATH, KvmError};
+pub use linux::{LinuxBoot, LinuxError};
 pub use memory::MemoryError;
 pub use metrics::{ExitCounts, HypercallCounts, ZoneMetrics};
 pub use micro::elf::ElfError;

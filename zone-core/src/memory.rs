@@ -38,11 +38,19 @@ pub enum MemoryError {
     },
 }
 
-/// Allocates `size` bytes of anonymous guest memory at guest physical address 0.
+/// Allocates anonymous guest memory for `regions` (`(guest address, size)`, sorted).
 ///
 /// Pages are reserved lazily (`MAP_NORESERVE`), excluded from the host's core dumps
 /// (`MADV_DONTDUMP`) and not inherited by children the embedder forks (`MADV_DONTFORK`).
-pub(crate) fn allocate(size: u64) -> Result<GuestMemoryMmap, MemoryError> {
+pub(crate) fn allocate(regions: &[(u64, u64)]) -> Result<GuestMemoryMmap, MemoryError> {
+    let regions = regions
+        .iter()
+        .map(|&(start, size)| region(start, size))
+        .collect::<Result<Vec<_>, _>>()?;
+    GuestMemoryMmap::from_regions(regions).map_err(|e| MemoryError::Layout(e.to_string()))
+}
+
+fn region(start: u64, size: u64) -> Result<GuestRegionMmap, MemoryError> {
     let region = MmapRegion::build(
         None,
         size as usize,
@@ -55,9 +63,8 @@ pub(crate) fn allocate(size: u64) -> Result<GuestMemoryMmap, MemoryError> {
         // changes no memory contents. Failure only loses the hardening, so it is ignored.
         unsafe { libc::madvise(region.as_ptr().cast(), region.size(), advice) };
     }
-    let region = GuestRegionMmap::new(region, GuestAddress(0))
-        .ok_or_else(|| MemoryError::Layout("region end overflows".into()))?;
-    GuestMemoryMmap::from_regions(vec![region]).map_err(|e| MemoryError::Layout(e.to_string()))
+    GuestRegionMmap::new(region, GuestAddress(start))
+        .ok_or_else(|| MemoryError::Layout("region end overflows".into()))
 }
 
 /// Registers every region of `mem` with the VM, slots numbered from 0.

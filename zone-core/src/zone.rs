@@ -56,8 +56,9 @@ impl ZoneShared {
     }
 }
 
-impl HypercallSink for ZoneShared {
-    fn console(&self, vcpu: u32, bytes: &[u8]) {
+impl ZoneShared {
+    /// Console bytes from the guest (a hypercall from `vcpu`, or a device).
+    pub(crate) fn console_output(&self, vcpu: Option<u32>, bytes: &[u8]) {
         let pushed = self.console.push(bytes);
         self.metrics
             .console(pushed.kept as u64, pushed.dropped as u64);
@@ -66,8 +67,20 @@ impl HypercallSink for ZoneShared {
                 "console capture limit of {} bytes reached; further output is dropped",
                 self.console_limit
             );
-            self.violation(vcpu, "console", detail);
+            self.metrics.rejected();
+            let violation = Violation {
+                vcpu,
+                control: "console",
+                detail,
+            };
+            self.events.emit(ZoneEvent::Violation(violation));
         }
+    }
+}
+
+impl HypercallSink for ZoneShared {
+    fn console(&self, vcpu: u32, bytes: &[u8]) {
+        self.console_output(Some(vcpu), bytes);
     }
 
     fn violation(&self, vcpu: u32, control: &'static str, detail: String) {

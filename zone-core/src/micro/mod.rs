@@ -11,10 +11,14 @@ mod program;
 pub use layout::LayoutError;
 pub use program::GuestProgram;
 
+use crate::builder::BuildError;
 use crate::cpuid::{self, Features};
 use crate::exit::{Exception, Fault, ZoneExit};
+use crate::host_fn::HostFunctions;
 use crate::memory::{AccessMap, Span};
 use crate::vcpu::{Flow, GuestExits, VcpuCtx};
+use crate::vmm::Settings;
+use crate::zone::Zone;
 use crate::zone::ZoneShared;
 use hypercall::{Dispatcher, Outcome};
 use kvm_bindings::{CpuId, KVM_MP_STATE_RUNNABLE, kvm_fpu, kvm_mp_state};
@@ -140,6 +144,44 @@ pub(crate) fn load(
         cr3,
         access: AccessMap::new(spans),
     })
+}
+
+/// Builds and starts a micro zone.
+pub(crate) fn build(
+    s: &Settings,
+    program: &GuestProgram,
+    functions: HostFunctions,
+) -> Result<Zone, BuildError> {
+    let load_err = |source| BuildError::Load {
+        zone: s.zone.clone(),
+        source,
+    };
+    let plan = layout::plan(program.image_end(), s.vcpus, program.stack_size, s.mem_size).map_err(
+        |source| BuildError::Layout {
+            zone: s.zone.clone(),
+            source,
+        },
+    )?;
+    program.check_args().map_err(load_err)?;
+    let vm = s.open_vm()?;
+    let mem = s.memory(&vm, &[(0, s.mem_size)])?;
+    crate::kvm::create_split_irqchip(&vm.fd).map_err(s.vm_err("KVM_ENABLE_CAP(SPLIT_IRQCHIP)"))?;
+    let loaded = load(&mem, program, &plan, s.vcpus).map_err(load_err)?;
+    let vcpus = s.vcpus(&vm, |fd, index| {
+        configure_vcpu(fd, index, &loaded, &plan, &vm.cpuid, vm.features)
+    })?;
+    let shared = s.shared(&mem);
+    let dispatcher = Dispatcher {
+        zone: s.zone.clone(),
+        mem,
+        access: loaded.access,
+        functions,
+    };
+    let exits = Arc::new(MicroExits {
+        dispatcher,
+        shared: shared.clone(),
+    });
+    s.launch(vm, shared, vcpus, exits)
 }
 
 /// Sets up vCPU `index` to start the program at CPL3.

@@ -47,6 +47,10 @@ pub(crate) trait GuestExits: Send + Sync {
     fn io_in(&self, cx: &VcpuCtx<'_>, port: u16, data: &mut [u8]) -> Flow;
     fn mmio_read(&self, cx: &VcpuCtx<'_>, addr: u64, data: &mut [u8]) -> Flow;
     fn mmio_write(&self, cx: &VcpuCtx<'_>, addr: u64, data: &[u8]) -> Flow;
+    /// The guest shut the machine down (triple fault): how the zone ends.
+    fn shutdown(&self, _cx: &VcpuCtx<'_>) -> ZoneExit {
+        ZoneExit::Shutdown
+    }
     fn hlt(&self, cx: &VcpuCtx<'_>) -> Flow {
         Flow::Stop(ZoneExit::Crashed {
             vcpu: cx.index,
@@ -125,7 +129,7 @@ fn exit_loop(
             }
             Exit::MmioWrite { addr, data } => exits.mmio_write(&cx, addr, data.as_slice()),
             Exit::Hlt => exits.hlt(&cx),
-            Exit::Shutdown => Flow::Stop(ZoneExit::Shutdown),
+            Exit::Shutdown => Flow::Stop(exits.shutdown(&cx)),
             Exit::Interrupted => {
                 kick::rearm(run_ptr);
                 Flow::Continue

@@ -1,0 +1,130 @@
+//! Guest-physical layout of a Linux zone and its e820 memory map.
+//!
+//! ```text
+//! 0x0000_0500  GDT                    0x0000_7000  boot_params (zero page)
+//! 0x0000_9000  page tables (PML4, PDPT, 4 PDs: identity map of 0-4 GiB with 2 MiB pages)
+//! 0x0002_0000  kernel command line    0x000e_0000  ACPI tables (RSDP first)
+//! 0x0010_0000  kernel                 top of low RAM: initramfs
+//! 0xc000_0000 - 0x1_0000_0000: MMIO hole (virtio-mmio at 0xd000_0000, IOAPIC, LAPIC)
+//! 0x1_0000_0000: RAM beyond 3 GiB, when the zone has that much
+//! ```
+
+use std::ops::Range;
+
+/// GDT for the 64-bit entry.
+pub(crate) const GDT: u64 = 0x500;
+/// An empty IDT (interrupts stay off until the kernel installs its own).
+pub(crate) const IDT: u64 = 0x520;
+/// `struct boot_params`.
+pub(crate) const ZERO_PAGE: u64 = 0x7000;
+/// Initial stack pointer.
+pub(crate) const BOOT_STACK: u64 = 0x8ff0;
+/// First page-table page.
+pub(crate) const PML4: u64 = 0x9000;
+/// Kernel command line.
+pub(crate) const CMDLINE: u64 = 0x20000;
+/// Longest command line (bytes, NUL included) this layout has room for.
+pub(crate) const CMDLINE_MAX: usize = 0x10000;
+/// Start of the end of conventional memory (EBDA and BIOS area follow, reserved).
+pub(crate) const EBDA_START: u64 = 0x9fc00;
+/// ACPI tables.
+pub(crate) const ACPI_TABLES: u64 = 0xe0000;
+/// End of the ACPI area.
+pub(crate) const ACPI_TABLES_END: u64 = 0x100000;
+/// Where the kernel is loaded (1 MiB, the bzImage default).
+pub(crate) const KERNEL_START: u64 = 0x100000;
+/// Start of the MMIO hole below 4 GiB.
+pub(crate) const MMIO_START: u64 = 0xc000_0000;
+/// Start of RAM above the MMIO hole.
+pub(crate) const HIGH_RAM_START: u64 = 0x1_0000_0000;
+/// First virtio-mmio device; each takes [`VIRTIO_MMIO_SIZE`].
+pub(crate) const VIRTIO_MMIO_BASE: u64 = 0xd000_0000;
+/// Guest-physical window of one virtio-mmio device.
+pub(crate) const VIRTIO_MMIO_SIZE: u64 = 0x1000;
+/// IOAPIC registers.
+pub(crate) const IOAPIC: u64 = 0xfec0_0000;
+/// Local APIC registers.
+pub(crate) const LAPIC: u64 = 0xfee0_0000;
+/// Identity-mapped range of the boot page tables.
+pub(crate) const IDENTITY_MAPPED: u64 = 4 << 30;
+/// Intel VMX's real-mode TSS (three pages) sits just below the BIOS area, inside the MMIO hole.
+pub(crate) const KVM_TSS: u64 = 0xfffb_d000;
+/// First GSI handed to virtio devices (0-4 are legacy: timer, keyboard, cascade, COM2, COM1).
+pub(crate) const FIRST_DEVICE_GSI: u32 = 5;
+/// GSI of the serial port (COM1's ISA IRQ).
+pub(crate) const SERIAL_GSI: u32 = 4;
+/// IOAPIC pins.
+pub(crate) const IOAPIC_PINS: u32 = 24;
+/// I/O port of the ACPI sleep-control/reset register.
+pub(crate) const ACPI_PM_PORT: u16 = 0x3c0;
+/// I/O ports of COM1.
+pub(crate) const SERIAL_PORT: u16 = 0x3f8;
+
+/// e820 entry types.
+pub(crate) const E820_RAM: u32 = 1;
+pub(crate) const E820_RESERVED: u32 = 2;
+
+/// Guest RAM regions `(start, size)` for `mem_size` bytes: low RAM up to the MMIO hole, the rest
+/// above 4 GiB.
+pub(crate) fn ram_regions(mem_size: u64) -> Vec<(u64, u64)> {
+    if mem_size <= MMIO_START {
+        vec![(0, mem_size)]
+    } else {
+        vec![(0, MMIO_START), (HIGH_RAM_START, mem_size - MMIO_START)]
+    }
+}
+
+/// The e820 map the guest sees: `(start, size, type)`.
+pub(crate) fn e820(mem_size: u64) -> Vec<(u64, u64, u32)> {
+    let low_end = mem_size.min(MMIO_START);
+    let mut map = vec![
+        (0, EBDA_START, E820_RAM),
+        (EBDA_START, KERNEL_START - EBDA_START, E820_RESERVED),
+        (KERNEL_START, low_end - KERNEL_START, E820_RAM),
+    ];
+    if mem_size > MMIO_START {
+        map.push((HIGH_RAM_START, mem_size - MMIO_START, E820_RAM));
+    }
+    map
+}
+
+/// Low RAM (below the MMIO hole), where boot data must live.
+pub(crate) fn low_ram(mem_size: u64) -> Range<u64> {
+    0..mem_size.min(MMIO_START)
+}
+
+/// Guest-physical base of virtio-mmio device `index`.
+pub(crate) fn virtio_mmio_base(index: u32) -> u64 {
+    VIRTIO_MMIO_BASE + u64::from(index) * VIRTIO_MMIO_SIZE
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn small_memory_is_one_region_and_the_legacy_area_is_reserved() {
+        let mem = 512 << 20;
+        assert_eq!(ram_regions(mem), vec![(0, mem)]);
+        let map = e820(mem);
+        assert_eq!(map[0], (0, 0x9fc00, E820_RAM));
+        assert_eq!(map[1], (0x9fc00, 0x60400, E820_RESERVED));
+        assert_eq!(map[2], (0x100000, mem - 0x100000, E820_RAM));
+        let covered: u64 = map.iter().map(|e| e.1).sum();
+        assert_eq!(covered, mem, "no gaps below the end of RAM");
+    }
+
+    #[test]
+    fn large_memory_skips_the_mmio_hole() {
+        let mem = 4 << 30;
+        assert_eq!(ram_regions(mem), vec![(0, 3 << 30), (4 << 30, 1 << 30)]);
+        let map = e820(mem);
+        assert_eq!(map.last(), Some(&(4 << 30, 1 << 30, E820_RAM)));
+        assert!(
+            map.iter()
+                .all(|(s, l, _)| s + l <= MMIO_START || *s >= HIGH_RAM_START)
+        );
+        assert!(virtio_mmio_base(31) + VIRTIO_MMIO_SIZE < IOAPIC);
+        assert!(KVM_TSS > MMIO_START && KVM_TSS > LAPIC);
+    }
+}
