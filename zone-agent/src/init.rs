@@ -1,0 +1,259 @@
+//! PID 1 duties: mount the kernel's filesystems, load the kernel modules the host put in the
+//! initramfs, set a usable environment, run the server (`--serve`) as a child and reap every
+//! process that ends up orphaned.
+//!
+//! Problems are printed to stderr, which for PID 1 is `/dev/console` (the zone's console), as
+//! `zone-agent: ...` lines. Only a server that keeps dying makes PID 1 exit (and the kernel
+//! panic, which the host sees as the zone stopping).
+
+use crate::sys;
+use std::ffi::CStr;
+use std::os::fd::AsFd;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Where the host puts the kernel modules in the initramfs.
+pub const MODULES_DIR: &str = "/lib/modules/zones";
+/// `PATH` of the guest when the kernel passed none.
+pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+/// `HOME` of the guest.
+pub const DEFAULT_HOME: &str = "/root";
+/// How many times (over the life of the zone) the server is restarted before PID 1 gives up.
+pub const MAX_SERVER_RESTARTS: u32 = 5;
+
+/// A filesystem PID 1 mounts.
+struct Mount {
+    target: &'static CStr,
+    fstype: &'static CStr,
+    flags: u64,
+    data: Option<&'static CStr>,
+    required: bool,
+}
+
+const MOUNTS: [Mount; 6] = [
+    Mount {
+        target: c"/proc",
+        fstype: c"proc",
+        flags: sys::MS_NOSUID | sys::MS_NODEV | sys::MS_NOEXEC,
+        data: None,
+        required: true,
+    },
+    Mount {
+        target: c"/sys",
+        fstype: c"sysfs",
+        flags: sys::MS_NOSUID | sys::MS_NODEV | sys::MS_NOEXEC,
+        data: None,
+        required: true,
+    },
+    Mount {
+        target: c"/dev",
+        fstype: c"devtmpfs",
+        flags: sys::MS_NOSUID,
+        data: Some(c"mode=0755"),
+        required: true,
+    },
+    Mount {
+        target: c"/dev/pts",
+        fstype: c"devpts",
+        flags: sys::MS_NOSUID | sys::MS_NOEXEC,
+        data: Some(c"mode=0620,ptmxmode=0666"),
+        required: false,
+    },
+    Mount {
+        target: c"/tmp",
+        fstype: c"tmpfs",
+        flags: sys::MS_NOSUID | sys::MS_NODEV,
+        data: Some(c"mode=1777"),
+        required: true,
+    },
+    Mount {
+        target: c"/run",
+        fstype: c"tmpfs",
+        flags: sys::MS_NOSUID | sys::MS_NODEV,
+        data: Some(c"mode=0755"),
+        required: true,
+    },
+];
+
+/// Runs PID 1: mounts, modules, environment, then supervises the server and reaps orphans
+/// forever. Exits (making the kernel panic) only when the server dies again after
+/// [`MAX_SERVER_RESTARTS`] restarts (counted over the life of the zone).
+pub fn run() -> ! {
+    for problem in mount_filesystems() {
+        eprintln!("{problem}");
+    }
+    for problem in load_modules(Path::new(MODULES_DIR)) {
+        eprintln!("{problem}");
+    }
+    set_default_env();
+    supervise()
+}
+
+/// Creates the mount points and mounts `/proc`, `/sys`, `/dev`, `/dev/pts` (best effort),
+/// `/tmp` and `/run`. Returns one message per failure; a filesystem already mounted there
+/// (`EBUSY`) is no failure.
+pub fn mount_filesystems() -> Vec<String> {
+    let mut problems = Vec::new();
+    for m in &MOUNTS {
+        let target = Path::new(std::ffi::OsStr::from_bytes(m.target.to_bytes()));
+        let _ = std::fs::create_dir_all(target);
+        match sys::mount(m.fstype, m.target, m.fstype, m.flags, m.data) {
+            Ok(()) => {}
+            Err(e) if sys::is_errno(&e, sys::EBUSY) => {}
+            Err(_) if !m.required => {}
+            Err(e) => problems.push(format!(
+                "zone-agent: mount {} on {}: {e}; is it enabled in the guest kernel?",
+                m.fstype.to_string_lossy(),
+                target.display()
+            )),
+        }
+    }
+    problems
+}
+
+/// The module file names listed in an `order` file: one a line, blank lines skipped.
+pub fn module_order(order: &str) -> impl Iterator<Item = &str> {
+    order.lines().map(str::trim).filter(|l| !l.is_empty())
+}
+
+/// Loads the modules listed in `<dir>/order` (files in `dir`) in that order. A module already
+/// loaded (`EEXIST`) is fine; every other failure becomes a
+/// `zone-agent: module <name>: <error>` message and loading continues. No `order` file: no
+/// modules.
+pub fn load_modules(dir: &Path) -> Vec<String> {
+    let order = match std::fs::read_to_string(dir.join("order")) {
+        Ok(o) => o,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Vec::new(),
+        Err(e) => {
+            return vec![format!(
+                "zone-agent: module list {}: {e}",
+                dir.join("order").display()
+            )];
+        }
+    };
+    let mut problems = Vec::new();
+    for name in module_order(&order) {
+        if let Err(e) = load_module(dir, name) {
+            problems.push(format!("zone-agent: module {name}: {e}"));
+        }
+    }
+    problems
+}
+
+fn load_module(dir: &Path, name: &str) -> std::io::Result<()> {
+    if name.contains('/') || name == "." || name == ".." {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "not a file name in the module directory",
+        ));
+    }
+    let file = std::fs::File::open(dir.join(name))?;
+    match sys::finit_module(file.as_fd(), c"", 0) {
+        Err(e) if sys::is_errno(&e, sys::EEXIST) => Ok(()),
+        other => other,
+    }
+}
+
+/// Sets `PATH` and `HOME` when the kernel did not pass them. The kernel always passes `HOME=/`
+/// to init; that default is replaced by [`DEFAULT_HOME`] too.
+fn set_default_env() {
+    if std::env::var_os("PATH").is_none() {
+        // SAFETY: PID 1 is single-threaded here (no thread has been started yet), so nothing
+        // reads or writes the environment concurrently.
+        unsafe { std::env::set_var("PATH", DEFAULT_PATH) };
+    }
+    if std::env::var_os("HOME").is_none_or(|h| h == "/") {
+        // SAFETY: as above, single-threaded.
+        unsafe { std::env::set_var("HOME", DEFAULT_HOME) };
+    }
+}
+
+/// This executable, to start the server from.
+fn self_exe() -> PathBuf {
+    std::env::current_exe().unwrap_or_else(|_| PathBuf::from("/proc/self/exe"))
+}
+
+fn start_server() -> Option<i32> {
+    match std::process::Command::new(self_exe())
+        .arg("--serve")
+        .spawn()
+    {
+        // The child is reaped by the `wait4(-1)` loop, not through `Child`.
+        Ok(child) => i32::try_from(child.id()).ok(),
+        Err(e) => {
+            eprintln!("zone-agent: cannot start the server: {e}");
+            None
+        }
+    }
+}
+
+/// Reaps every child forever, restarting the server when it dies.
+fn supervise() -> ! {
+    let mut restarts = 0;
+    let mut server = start_server();
+    loop {
+        if server.is_none() {
+            if restarts >= MAX_SERVER_RESTARTS {
+                eprintln!(
+                    "zone-agent: the server failed {} times; giving up (the kernel will panic)",
+                    restarts + 1
+                );
+                std::process::exit(1);
+            }
+            restarts += 1;
+            std::thread::sleep(Duration::from_millis(200));
+            eprintln!("zone-agent: restarting the server ({restarts} of {MAX_SERVER_RESTARTS})");
+            server = start_server();
+            continue;
+        }
+        match sys::wait4(-1, 0) {
+            Ok((pid, status)) if Some(pid) == server => {
+                let status = std::process::ExitStatus::from_raw(status);
+                eprintln!("zone-agent: the server (pid {pid}) ended: {status}");
+                server = None;
+            }
+            // An orphan reparented to PID 1: reaped, nothing more to do.
+            Ok(_) => {}
+            Err(e) => {
+                // ECHILD cannot happen while the server runs; whatever it was, do not spin.
+                eprintln!("zone-agent: wait4: {e}");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn order_lists_names_in_order() {
+        let names: Vec<_> = module_order("01-a.ko\n\n  02-b.ko \n03-c.ko").collect();
+        assert_eq!(names, ["01-a.ko", "02-b.ko", "03-c.ko"]);
+    }
+
+    #[test]
+    fn module_problems_are_reported_and_loading_goes_on() {
+        let dir = std::env::temp_dir().join(format!("zone-agent-modules-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(
+            dir.join("order"),
+            "01-missing.ko\n../escape.ko\n02-gone.ko\n",
+        )
+        .unwrap();
+        let problems = load_modules(&dir);
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(problems.len(), 3, "{problems:?}");
+        assert!(problems[0].starts_with("zone-agent: module 01-missing.ko: "));
+        assert!(problems[1].starts_with("zone-agent: module ../escape.ko: "));
+        assert!(problems[2].starts_with("zone-agent: module 02-gone.ko: "));
+    }
+
+    #[test]
+    fn no_order_file_means_no_modules() {
+        assert!(load_modules(Path::new("/nonexistent/zone-agent")).is_empty());
+    }
+}

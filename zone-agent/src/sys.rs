@@ -1,0 +1,356 @@
+//! The raw Linux x86-64 system calls the agent needs and `std` does not offer: mounting,
+//! loading kernel modules, vsock sockets, signalling process groups and reaping any child.
+//!
+//! Every wrapper is safe: it takes only references, borrowed file descriptors and plain integers,
+//! and turns a negative kernel return value into [`io::Error::from_raw_os_error`].
+
+use std::ffi::CStr;
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+
+/// Address family of virtio-vsock sockets.
+pub const AF_VSOCK: i32 = 40;
+/// Stream socket type.
+pub const SOCK_STREAM: i32 = 1;
+/// `socket`/`accept4` flag: close the descriptor on `execve`.
+pub const SOCK_CLOEXEC: i32 = 0o2_000_000;
+/// The wildcard vsock address: bind on every CID of this machine.
+pub const VMADDR_CID_ANY: u32 = u32::MAX;
+/// `shutdown`: stop both directions.
+pub const SHUT_RDWR: i32 = 2;
+
+/// `mount` flag: ignore set-user-id and set-group-id bits.
+pub const MS_NOSUID: u64 = 2;
+/// `mount` flag: no device files.
+pub const MS_NODEV: u64 = 4;
+/// `mount` flag: no execution.
+pub const MS_NOEXEC: u64 = 8;
+
+/// `wait4` option: return at once when no child has changed state.
+pub const WNOHANG: i32 = 1;
+
+/// Signal 9: kill, cannot be caught.
+pub const SIGKILL: i32 = 9;
+/// Signal 15: polite termination request.
+pub const SIGTERM: i32 = 15;
+
+/// errno: no such process.
+pub const ESRCH: i32 = 3;
+/// errno: interrupted system call.
+pub const EINTR: i32 = 4;
+/// errno: no child processes.
+pub const ECHILD: i32 = 10;
+/// errno: device or resource busy (e.g. already mounted).
+pub const EBUSY: i32 = 16;
+/// errno: file exists (e.g. module already loaded).
+pub const EEXIST: i32 = 17;
+
+mod nr {
+    pub const SOCKET: usize = 41;
+    pub const BIND: usize = 49;
+    pub const LISTEN: usize = 50;
+    pub const SHUTDOWN: usize = 48;
+    pub const WAIT4: usize = 61;
+    pub const KILL: usize = 62;
+    pub const MOUNT: usize = 165;
+    pub const ACCEPT4: usize = 288;
+    pub const FINIT_MODULE: usize = 313;
+}
+
+/// `struct sockaddr_vm` from `<linux/vm_sockets.h>` (16 bytes).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SockaddrVm {
+    /// Always [`AF_VSOCK`].
+    pub svm_family: u16,
+    /// Zero.
+    pub svm_reserved1: u16,
+    /// Port number.
+    pub svm_port: u32,
+    /// Context id ([`VMADDR_CID_ANY`] to bind on all).
+    pub svm_cid: u32,
+    /// Zero.
+    pub svm_zero: [u8; 4],
+}
+
+const _: () = assert!(std::mem::size_of::<SockaddrVm>() == 16);
+
+impl SockaddrVm {
+    /// The vsock address `cid:port`.
+    pub fn new(cid: u32, port: u32) -> Self {
+        Self {
+            svm_family: AF_VSOCK as u16,
+            svm_reserved1: 0,
+            svm_port: port,
+            svm_cid: cid,
+            svm_zero: [0; 4],
+        }
+    }
+}
+
+/// Issues system call `nr` with six arguments and returns the kernel's raw result.
+///
+/// # Safety
+///
+/// The arguments must be what the kernel expects for `nr`: every pointer must be valid for the
+/// reads and writes that system call performs, for as long as it runs, and the call must not
+/// break an invariant Rust relies on (e.g. unmapping memory in use, closing a descriptor owned
+/// elsewhere).
+unsafe fn syscall6(nr: usize, args: [usize; 6]) -> isize {
+    let ret: isize;
+    // SAFETY: the x86-64 Linux system call convention: number in rax, arguments in rdi, rsi,
+    // rdx, r10, r8, r9, result in rax, rcx and r11 clobbered; the kernel does not touch the user
+    // stack (nostack). Memory effects are left to the default (may read and write memory), so
+    // the compiler keeps pointed-to data in memory. The caller vouches for the arguments.
+    unsafe {
+        core::arch::asm!(
+            "syscall",
+            inlateout("rax") nr as isize => ret,
+            in("rdi") args[0],
+            in("rsi") args[1],
+            in("rdx") args[2],
+            in("r10") args[3],
+            in("r8") args[4],
+            in("r9") args[5],
+            lateout("rcx") _,
+            lateout("r11") _,
+            options(nostack),
+        );
+    }
+    ret
+}
+
+/// Maps the kernel's `-errno` convention to `io::Result`.
+fn check(ret: isize) -> io::Result<usize> {
+    if ret < 0 {
+        Err(io::Error::from_raw_os_error((-ret) as i32))
+    } else {
+        Ok(ret as usize)
+    }
+}
+
+/// Whether `e` is the OS error `errno`.
+pub fn is_errno(e: &io::Error, errno: i32) -> bool {
+    e.raw_os_error() == Some(errno)
+}
+
+/// Retries `f` while it fails with `EINTR`.
+fn retry<T>(mut f: impl FnMut() -> io::Result<T>) -> io::Result<T> {
+    loop {
+        match f() {
+            Err(e) if is_errno(&e, EINTR) => continue,
+            other => return other,
+        }
+    }
+}
+
+/// `mount(2)`: mounts `source` of type `fstype` on `target` with `flags` and optional `data`.
+pub fn mount(
+    source: &CStr,
+    target: &CStr,
+    fstype: &CStr,
+    flags: u64,
+    data: Option<&CStr>,
+) -> io::Result<()> {
+    let data = data.map_or(std::ptr::null(), CStr::as_ptr);
+    // SAFETY: all strings are NUL-terminated and borrowed for the duration of the call; `data`
+    // is either null (allowed) or such a string. Mounting does not affect this process's memory.
+    let ret = unsafe {
+        syscall6(
+            nr::MOUNT,
+            [
+                source.as_ptr() as usize,
+                target.as_ptr() as usize,
+                fstype.as_ptr() as usize,
+                flags as usize,
+                data as usize,
+                0,
+            ],
+        )
+    };
+    check(ret).map(drop)
+}
+
+/// `finit_module(2)`: loads the kernel module in the open file `fd` with parameters `params`.
+pub fn finit_module(fd: BorrowedFd<'_>, params: &CStr, flags: u32) -> io::Result<()> {
+    // SAFETY: `fd` is a descriptor borrowed for the call, `params` a NUL-terminated string
+    // borrowed for the call; the kernel only reads them.
+    let ret = unsafe {
+        syscall6(
+            nr::FINIT_MODULE,
+            [
+                fd.as_raw_fd() as usize,
+                params.as_ptr() as usize,
+                flags as usize,
+                0,
+                0,
+                0,
+            ],
+        )
+    };
+    check(ret).map(drop)
+}
+
+/// `socket(2)`: a new socket, owned by the caller.
+pub fn socket(domain: i32, ty: i32, protocol: i32) -> io::Result<OwnedFd> {
+    // SAFETY: plain integer arguments; no memory is passed.
+    let ret = unsafe {
+        syscall6(
+            nr::SOCKET,
+            [domain as usize, ty as usize, protocol as usize, 0, 0, 0],
+        )
+    };
+    let fd = check(ret)? as i32;
+    // SAFETY: the kernel just returned this new descriptor; nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// `bind(2)` of a vsock socket to `addr`.
+pub fn bind(fd: BorrowedFd<'_>, addr: &SockaddrVm) -> io::Result<()> {
+    // SAFETY: `addr` points to a live 16-byte `sockaddr_vm` and its exact size is passed; the
+    // kernel only reads it. `fd` is borrowed for the call.
+    let ret = unsafe {
+        syscall6(
+            nr::BIND,
+            [
+                fd.as_raw_fd() as usize,
+                std::ptr::from_ref(addr) as usize,
+                std::mem::size_of::<SockaddrVm>(),
+                0,
+                0,
+                0,
+            ],
+        )
+    };
+    check(ret).map(drop)
+}
+
+/// `listen(2)`.
+pub fn listen(fd: BorrowedFd<'_>, backlog: i32) -> io::Result<()> {
+    // SAFETY: a borrowed descriptor and an integer; no memory is passed.
+    let ret = unsafe {
+        syscall6(
+            nr::LISTEN,
+            [fd.as_raw_fd() as usize, backlog as usize, 0, 0, 0, 0],
+        )
+    };
+    check(ret).map(drop)
+}
+
+/// `accept4(2)` without the peer address; retried on `EINTR`. The new connection is owned by
+/// the caller.
+pub fn accept4(fd: BorrowedFd<'_>, flags: i32) -> io::Result<OwnedFd> {
+    let ret = retry(|| {
+        // SAFETY: null address and address-length pointers are allowed (peer address not
+        // wanted); `fd` is borrowed for the call.
+        check(unsafe {
+            syscall6(
+                nr::ACCEPT4,
+                [fd.as_raw_fd() as usize, 0, 0, flags as usize, 0, 0],
+            )
+        })
+    })?;
+    // SAFETY: the kernel just returned this new descriptor; nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(ret as i32) })
+}
+
+/// `shutdown(2)`: ends one or both directions of a connected socket.
+pub fn shutdown(fd: BorrowedFd<'_>, how: i32) -> io::Result<()> {
+    // SAFETY: a borrowed descriptor and an integer; no memory is passed.
+    let ret = unsafe {
+        syscall6(
+            nr::SHUTDOWN,
+            [fd.as_raw_fd() as usize, how as usize, 0, 0, 0, 0],
+        )
+    };
+    check(ret).map(drop)
+}
+
+/// `kill(2)`: sends `sig` to process `pid`; a negative `pid` means the process group `-pid`
+/// (and `sig` 0 only checks that the target exists).
+///
+/// `pid` 0 and -1 (the caller's own group, every process) are refused with `EINVAL`: the agent
+/// never means them, and a bug that produced them must not take down the whole guest.
+pub fn kill(pid: i32, sig: i32) -> io::Result<()> {
+    if pid == 0 || pid == -1 || pid == i32::MIN {
+        return Err(io::Error::from_raw_os_error(22));
+    }
+    // SAFETY: plain integer arguments; no memory is passed.
+    let ret = unsafe { syscall6(nr::KILL, [pid as usize, sig as usize, 0, 0, 0, 0]) };
+    check(ret).map(drop)
+}
+
+/// `wait4(2)` without resource usage, retried on `EINTR`: waits for child `pid` (-1: any child)
+/// and returns `(pid, raw wait status)`. With [`WNOHANG`] the pid is 0 when no child changed
+/// state. Decode the status with `std::os::unix::process::ExitStatusExt::from_raw`.
+pub fn wait4(pid: i32, options: i32) -> io::Result<(i32, i32)> {
+    let mut status: i32 = 0;
+    let ret = retry(|| {
+        // SAFETY: `status` is a live, writable i32 for the whole call; a null rusage pointer is
+        // allowed.
+        check(unsafe {
+            syscall6(
+                nr::WAIT4,
+                [
+                    pid as usize,
+                    std::ptr::from_mut(&mut status) as usize,
+                    options as usize,
+                    0,
+                    0,
+                    0,
+                ],
+            )
+        })
+    })?;
+    Ok((ret as i32, status))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsFd;
+
+    #[test]
+    fn errors_carry_errno() {
+        let e = kill(i32::MAX, 0).unwrap_err();
+        assert!(is_errno(&e, ESRCH), "{e}");
+        assert!(kill(-1, SIGKILL).is_err(), "kill(-1) must be refused");
+        assert!(kill(0, SIGKILL).is_err(), "kill(0) must be refused");
+    }
+
+    #[test]
+    fn signal_zero_finds_ourselves() {
+        kill(std::process::id() as i32, 0).unwrap();
+    }
+
+    #[test]
+    #[allow(
+        clippy::zombie_processes,
+        reason = "reaped by wait4, the function under test"
+    )]
+    fn wait4_reaps_a_child() {
+        let child = std::process::Command::new("sh")
+            .args(["-c", "exit 7"])
+            .spawn()
+            .unwrap();
+        let pid = child.id() as i32;
+        let (got, status) = wait4(pid, 0).unwrap();
+        assert_eq!(got, pid);
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(std::process::ExitStatus::from_raw(status).code(), Some(7));
+        assert!(is_errno(&wait4(pid, WNOHANG).unwrap_err(), ECHILD));
+    }
+
+    #[test]
+    fn vsock_socket_binds_and_listens_where_available() {
+        let sock = match socket(AF_VSOCK, SOCK_STREAM | SOCK_CLOEXEC, 0) {
+            Ok(s) => s,
+            // No vsock on this machine: nothing more to check.
+            Err(_) => return,
+        };
+        // An arbitrary high port; another user of it makes the bind fail, which is fine too.
+        if bind(sock.as_fd(), &SockaddrVm::new(VMADDR_CID_ANY, 61_234)).is_ok() {
+            listen(sock.as_fd(), 4).unwrap();
+        }
+    }
+}
