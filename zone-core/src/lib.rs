@@ -19,6 +19,7 @@ mod cpuid;
 mod deadline;
 mod devices;
 mod events;
+mod exec;
 mod exit;
 #[doc(hidden)]
 pub mod fuzzing;
@@ -35,7 +36,12 @@ mod zone;
 pub use builder::{BuildError, DEFAULT_MEMORY_MIB, ZoneBuilder};
 pub use console::DEFAULT_CONSOLE_LIMIT;
 pub use control::{ControlError, ZoneState};
+pub use devices::virtio::vsock::backend::VsockError;
 pub use events::{EVENT_QUEUE_CAPACITY, EventStream, Violation, ZoneEvent};
+pub use exec::{
+    AgentInfo, Command, DEFAULT_OUTPUT_LIMIT, DEFAULT_READY_TIMEOUT, ExecError, ExitStatus, Output,
+    Process, ProcessEvent,
+};
 pub use exit::{Exception, Fault, ZoneExit};
 pub use host_fn::{HostCall, HostFnError, HostFnNameError, HostFnResult};
 pub use kvm::{DEFAULT_KVM_PATH, KvmError};

@@ -5,6 +5,7 @@ use crate::builder::BuildError;
 use crate::console::{ConsoleBuffer, ConsoleSink};
 use crate::control::Control;
 use crate::cpuid::{self, Features};
+use crate::devices::virtio::vsock::backend::Backend;
 use crate::events::EventBus;
 use crate::kvm;
 use crate::memory;
@@ -114,8 +115,12 @@ impl Settings {
             .collect()
     }
 
-    /// The zone's shared state, over `mem`.
-    pub(crate) fn shared(&self, mem: &GuestMemoryMmap) -> Arc<ZoneShared> {
+    /// The zone's shared state, over `mem`, with the exec channel of a Linux zone.
+    pub(crate) fn shared(
+        &self,
+        mem: &GuestMemoryMmap,
+        vsock: Option<Arc<Backend>>,
+    ) -> Arc<ZoneShared> {
         Arc::new(ZoneShared {
             id: self.id,
             name: self.zone.clone(),
@@ -127,6 +132,7 @@ impl Settings {
             kickers: (0..self.vcpus).map(|_| Kicker::default()).collect(),
             memory: RwLock::new(Some(mem.clone())),
             deadline: Mutex::new(None),
+            vsock,
         })
     }
 

@@ -4,6 +4,7 @@
 use crate::console::ConsoleBuffer;
 use crate::control::{Control, ControlError, ZoneState};
 use crate::deadline::{self, DeadlineTarget};
+use crate::devices::virtio::vsock::backend::Backend;
 use crate::events::{EventBus, EventStream, Violation, ZoneEvent};
 use crate::exit::ZoneExit;
 use crate::memory;
@@ -29,6 +30,8 @@ pub(crate) struct ZoneShared {
     pub(crate) kickers: Vec<Kicker>,
     pub(crate) memory: RwLock<Option<GuestMemoryMmap>>,
     pub(crate) deadline: Mutex<Option<Instant>>,
+    /// The exec channel of a Linux zone with an agent.
+    pub(crate) vsock: Option<Arc<Backend>>,
 }
 
 impl ZoneShared {
@@ -42,6 +45,15 @@ impl ZoneShared {
     pub(crate) fn kick_all(&self) {
         for kicker in &self.kickers {
             kicker.kick();
+        }
+    }
+
+    /// Called once, when the last vCPU has left the guest: announce the end and fail every
+    /// exec still waiting on the guest.
+    pub(crate) fn on_stopped(&self, exit: &ZoneExit) {
+        self.events.emit(ZoneEvent::Stopped(exit.clone()));
+        if let Some(vsock) = &self.vsock {
+            vsock.close_all(&format!("zone {} stopped: {exit}", self.name));
         }
     }
 
@@ -212,6 +224,14 @@ impl ZoneHandle {
     /// Like [`wait`](Self::wait), giving up after `timeout`.
     pub fn wait_timeout(&self, timeout: Duration) -> Option<ZoneExit> {
         self.shared.control.wait(Some(Instant::now() + timeout))
+    }
+
+    /// The zone's exit once it has been decided (stopping or ended).
+    pub(crate) fn ended_exit(&self) -> Option<ZoneExit> {
+        match self.state() {
+            ZoneState::Stopping(exit) | ZoneState::Ended(exit) => Some(exit),
+            ZoneState::Running | ZoneState::Paused => None,
+        }
     }
 
     /// The zone's current state.

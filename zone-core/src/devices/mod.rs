@@ -2,6 +2,7 @@
 
 pub(crate) mod power;
 pub(crate) mod serial;
+pub(crate) mod virtio;
 
 use crate::exit::ZoneExit;
 use std::sync::Arc;

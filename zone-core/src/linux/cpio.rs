@@ -22,6 +22,7 @@ pub(crate) const S_IFMT: u32 = 0o170_000;
 /// Magic of a "newc" header.
 const MAGIC: &[u8; 6] = b"070701";
 /// Size of a "newc" header.
+#[cfg(test)]
 const HEADER_LEN: usize = 110;
 /// Name of the entry that ends an archive.
 const TRAILER: &str = "TRAILER!!!";
@@ -36,7 +37,7 @@ const BLOCK: usize = 512;
 
 /// Why an entry cannot be added to a cpio archive.
 #[derive(Debug, thiserror::Error)]
-pub(crate) enum CpioError {
+pub enum CpioError {
     /// The path is not a clean relative path.
     #[error(
         "invalid initramfs path {path:?}: {reason} (paths are relative to the guest root, \
@@ -780,6 +781,7 @@ mod tests {
         Char(u32, u32),
     }
 
+    /// A random entry kind, mostly files.
     fn kind_strategy() -> impl Strategy<Value = Kind> {
         prop_oneof![
             4 => prop::collection::vec(any::<u8>(), 0..600).prop_map(Kind::File),

@@ -2,26 +2,31 @@
 //! serial console and (next) virtio-mmio devices.
 
 mod acpi;
+mod agent;
 mod boot;
+mod cpio;
 mod cpu;
+mod devices;
 mod exits;
+mod initramfs;
 pub(crate) mod layout;
 
 pub use acpi::AcpiError;
 pub use boot::BootError;
+pub use cpio::CpioError;
+pub use initramfs::InitramfsError;
 
 use crate::builder::BuildError;
-use crate::devices::power::PowerRegister;
-use crate::devices::serial::SerialPort;
-use crate::devices::{Bus, BusError};
+use crate::devices::BusError;
+use crate::devices::virtio::vsock::{Vsock, backend::Backend};
 use crate::host_fn::HostFunctions;
 use crate::vmm::Settings;
 use crate::zone::Zone;
 use exits::LinuxExits;
+use initramfs::{ExtraFile, FileContents};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use vm_memory::{Bytes, GuestAddress};
-use vmm_sys_util::eventfd::EventFd;
 
 /// Smallest memory a Linux zone may have.
 pub const MIN_MEMORY_MIB: u64 = 64;
@@ -66,11 +71,22 @@ impl Image {
     }
 }
 
+/// Modules the agent needs from a modular kernel (skipped when built in).
+const AGENT_MODULES: [&str; 3] = ["virtio_mmio", "vmw_vsock_virtio_transport", "virtio_blk"];
+
 /// How to boot a Linux zone.
+///
+/// By default the SDK writes the initramfs itself: the zones agent as `/init`, the kernel modules
+/// it needs (from the modules directory, when the kernel is modular) and any extra files; the
+/// zone then runs commands with [`ZoneHandle::exec`](crate::ZoneHandle::exec). With
+/// [`LinuxBoot::initrd`] a custom initramfs replaces all of that (and `exec` is unavailable).
 #[derive(Clone, Debug)]
 pub struct LinuxBoot {
     kernel: Image,
     initrd: Option<Image>,
+    modules_dir: Option<PathBuf>,
+    modules: Vec<String>,
+    files: Vec<ExtraFile>,
     cmdline: Vec<String>,
     hide_xsave: bool,
 }
@@ -120,6 +136,15 @@ pub enum LinuxError {
     /// Writing guest memory failed.
     #[error("writing guest memory: {0}")]
     Memory(#[from] vm_memory::GuestMemoryError),
+    /// The initramfs could not be built.
+    #[error(transparent)]
+    Initramfs(#[from] InitramfsError),
+    /// More devices than IOAPIC lines.
+    #[error("{0} virtio devices do not fit the IOAPIC's lines; use fewer disks")]
+    TooManyDevices(usize),
+    /// A device model could not be set up.
+    #[error("device setup: {0}")]
+    Device(String),
     /// An interrupt line could not be wired.
     #[error("wiring interrupt {gsi}: {source}")]
     Irq {
@@ -134,27 +159,83 @@ pub enum LinuxError {
 impl LinuxBoot {
     /// Boots the kernel image at `kernel` (an ELF vmlinux with a 64-bit entry point, or a bzImage).
     pub fn new(kernel: impl Into<PathBuf>) -> Self {
-        Self {
-            kernel: Image::Path(kernel.into()),
-            initrd: None,
-            cmdline: Vec::new(),
-            hide_xsave: false,
-        }
+        Self::with(Image::Path(kernel.into()))
     }
 
     /// Boots a kernel image held in memory.
     pub fn from_image(kernel: impl Into<Arc<[u8]>>) -> Self {
+        Self::with(Image::Bytes(kernel.into()))
+    }
+
+    fn with(kernel: Image) -> Self {
         Self {
-            kernel: Image::Bytes(kernel.into()),
+            kernel,
             initrd: None,
+            modules_dir: None,
+            modules: Vec::new(),
+            files: Vec::new(),
             cmdline: Vec::new(),
             hide_xsave: false,
         }
     }
 
-    /// Boots this host's newest `/boot/vmlinuz-*`.
+    /// Boots this host's newest `/boot/vmlinuz-*` with its modules from `/lib/modules/<version>`.
     pub fn host_kernel() -> Result<Self, LinuxError> {
-        Ok(Self::new(newest_host_kernel(Path::new("/boot"))?.1))
+        let (version, path) = newest_host_kernel(Path::new("/boot"))?;
+        Ok(Self::new(path).modules_dir(Path::new("/lib/modules").join(version)))
+    }
+
+    /// Takes kernel modules from `dir` (a `/lib/modules/<version>` tree with `modules.dep`).
+    /// Without it, the kernel must have virtio-mmio, vsock and virtio-blk built in.
+    pub fn modules_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.modules_dir = Some(dir.into());
+        self
+    }
+
+    /// Also loads module `name` (and its dependencies) at boot, e.g. `ext4`.
+    pub fn module(mut self, name: impl Into<String>) -> Self {
+        self.modules.push(name.into());
+        self
+    }
+
+    /// Copies the host file `host` into the guest at `guest` (an absolute path) with `mode`.
+    pub fn file(mut self, guest: &str, host: impl Into<PathBuf>, mode: u32) -> Self {
+        let contents = FileContents::HostFile(host.into());
+        let guest_path = guest.trim_start_matches('/').to_string();
+        self.files.push(ExtraFile {
+            guest_path,
+            mode,
+            contents,
+        });
+        self
+    }
+
+    /// Puts `bytes` into the guest at `guest` (an absolute path) with `mode`.
+    pub fn file_bytes(mut self, guest: &str, bytes: impl Into<Arc<[u8]>>, mode: u32) -> Self {
+        let contents = FileContents::Bytes(bytes.into());
+        let guest_path = guest.trim_start_matches('/').to_string();
+        self.files.push(ExtraFile {
+            guest_path,
+            mode,
+            contents,
+        });
+        self
+    }
+
+    /// Adds this host's static busybox as `/bin/busybox` with `/bin/sh` and common applets
+    /// linked to it: a userland for commands. `/bin/busybox` must be statically linked
+    /// (Debian: busybox-static).
+    pub fn busybox(mut self) -> Self {
+        self = self.file("/bin/busybox", "/bin/busybox", 0o755);
+        for applet in BUSYBOX_APPLETS {
+            let contents = FileContents::Symlink("busybox".into());
+            self.files.push(ExtraFile {
+                guest_path: format!("bin/{applet}"),
+                mode: 0o777,
+                contents,
+            });
+        }
+        self
     }
 
     /// Uses `initrd` (a cpio archive, possibly compressed) as the initramfs.
@@ -185,6 +266,62 @@ impl LinuxBoot {
     }
 }
 
+/// Applets linked to busybox by [`LinuxBoot::busybox`].
+const BUSYBOX_APPLETS: &[&str] = &[
+    "sh",
+    "ash",
+    "cat",
+    "echo",
+    "ls",
+    "mkdir",
+    "mount",
+    "umount",
+    "uname",
+    "date",
+    "sleep",
+    "head",
+    "tail",
+    "dd",
+    "sha256sum",
+    "md5sum",
+    "wc",
+    "grep",
+    "sed",
+    "awk",
+    "tr",
+    "cut",
+    "sort",
+    "yes",
+    "true",
+    "false",
+    "env",
+    "printf",
+    "test",
+    "[",
+    "ps",
+    "kill",
+    "cp",
+    "mv",
+    "rm",
+    "touch",
+    "chmod",
+    "ln",
+    "find",
+    "xargs",
+    "seq",
+    "stat",
+    "df",
+    "free",
+    "id",
+    "hostname",
+    "nproc",
+    "od",
+    "hexdump",
+    "base64",
+    "gzip",
+    "sync",
+];
+
 /// The newest `vmlinuz-<version>` in `boot_dir` by version order: `(version, path)`.
 fn newest_host_kernel(boot_dir: &Path) -> Result<(String, PathBuf), LinuxError> {
     let entries = std::fs::read_dir(boot_dir).map_err(|_| LinuxError::NoHostKernel)?;
@@ -207,6 +344,28 @@ fn newest_host_kernel(boot_dir: &Path) -> Result<(String, PathBuf), LinuxError> 
         .ok_or(LinuxError::NoHostKernel)
 }
 
+impl LinuxBoot {
+    /// The initramfs: the given one, or the agent with modules and extra files. The second value
+    /// says whether the agent is in it.
+    fn initramfs(&self) -> Result<(Arc<[u8]>, bool), LinuxError> {
+        if let Some(image) = &self.initrd {
+            return Ok((image.read("initramfs")?, false));
+        }
+        let modules = match &self.modules_dir {
+            Some(dir) => {
+                let mut wanted: Vec<&str> = AGENT_MODULES.to_vec();
+                wanted.extend(self.modules.iter().map(String::as_str));
+                initramfs::resolve_modules(dir, &wanted)?
+            }
+            None => Vec::new(),
+        };
+        Ok((
+            initramfs::build(agent::AGENT, &modules, &self.files)?.into(),
+            true,
+        ))
+    }
+}
+
 /// Builds and starts a Linux zone.
 pub(crate) fn build(
     s: &Settings,
@@ -221,10 +380,7 @@ pub(crate) fn build(
         return Err(err(LinuxError::MemoryTooSmall(s.mem_size >> 20)));
     }
     let kernel_image = boot.kernel.read("kernel").map_err(err)?;
-    let initramfs = match &boot.initrd {
-        Some(image) => image.read("initramfs").map_err(err)?,
-        None => Arc::from(&b""[..]),
-    };
+    let (initramfs, with_agent) = boot.initramfs().map_err(err)?;
     let cmdline = boot.full_cmdline();
 
     let vm = s.open_vm()?;
@@ -235,63 +391,61 @@ pub(crate) fn build(
         .create_irq_chip()
         .map_err(s.vm_err("KVM_CREATE_IRQCHIP"))?;
     let mem = s.memory(&vm, &layout::ram_regions(s.mem_size))?;
-    cpu::write_tables(&mem).map_err(|e| err(e.into()))?;
-    let kernel = boot::load_kernel(&mem, &kernel_image).map_err(|e| err(e.into()))?;
-    let initrd_at = if initramfs.is_empty() {
-        0
-    } else {
-        boot::load_initramfs(&mem, &kernel, s.mem_size, &initramfs).map_err(|e| err(e.into()))?
+    let kernel = load(&mem, &kernel_image, &initramfs, &cmdline, s.mem_size).map_err(err)?;
+
+    let vsock = match with_agent {
+        true => Some(Arc::new(
+            Backend::new(devices::GUEST_CID).map_err(|e| err(LinuxError::Device(e.to_string())))?,
+        )),
+        false => None,
     };
-    boot::write_boot_params(
-        &mem,
-        &kernel,
-        &cmdline,
-        (initrd_at, initramfs.len() as u64),
-        s.mem_size,
-    )
-    .map_err(|e| err(e.into()))?;
-    for (at, table) in acpi::tables(s.vcpus, &[]).map_err(|e| err(e.into()))? {
+    let shared = s.shared(&mem, vsock.clone());
+    let pio = devices::legacy(&vm.fd, &shared).map_err(err)?;
+    let mut virtio = devices::VirtioBus::new(&vm.fd, &mem, &s.zone);
+    if let Some(backend) = vsock {
+        virtio
+            .add("vsock", Box::new(Vsock::new(devices::GUEST_CID, backend)))
+            .map_err(err)?;
+    }
+    for (at, table) in acpi::tables(s.vcpus, &virtio.described).map_err(|e| err(e.into()))? {
         mem.write_slice(&table, GuestAddress(at))
             .map_err(|e| err(e.into()))?;
     }
-
-    let shared = s.shared(&mem);
-    let mut pio = Bus::default();
-    let serial_irq = irq_line(&vm.fd, layout::SERIAL_GSI).map_err(err)?;
-    let console = exits::ConsoleWriter(shared.clone());
-    pio.insert(
-        u64::from(layout::SERIAL_PORT),
-        8,
-        Arc::new(SerialPort::new(serial_irq, Box::new(console))),
-    )
-    .map_err(|e| err(e.into()))?;
-    let power_shared = shared.clone();
-    let power = PowerRegister::new(
-        acpi::RESET_VALUE,
-        acpi::S5_SLP_TYP,
-        Box::new(move |request| exits::stop_reason(&power_shared, request)),
-    );
-    pio.insert(u64::from(layout::ACPI_PM_PORT), 1, Arc::new(power))
-        .map_err(|e| err(e.into()))?;
+    let mmio = virtio.mmio;
 
     let vcpus = s.vcpus(&vm, |fd, index| {
         cpu::configure_vcpu(fd, index, s.vcpus, kernel.entry, &vm.cpuid, boot.hide_xsave)
     })?;
     let exits = Arc::new(LinuxExits {
         pio,
-        mmio: Bus::default(),
+        mmio,
         shared: shared.clone(),
     });
     s.launch(vm, shared, vcpus, exits)
 }
 
-/// An eventfd wired to interrupt `gsi` of the in-kernel IOAPIC.
-fn irq_line(vm: &kvm_ioctls::VmFd, gsi: u32) -> Result<EventFd, LinuxError> {
-    let irq_err = |source| LinuxError::Irq { gsi, source };
-    let evt = EventFd::new(libc::EFD_NONBLOCK).map_err(irq_err)?;
-    vm.register_irqfd(&evt, gsi)
-        .map_err(|e| irq_err(std::io::Error::from_raw_os_error(e.errno())))?;
-    Ok(evt)
+/// Writes boot tables, kernel, initramfs, command line and boot parameters into guest memory.
+fn load(
+    mem: &vm_memory::GuestMemoryMmap,
+    kernel_image: &[u8],
+    initramfs: &[u8],
+    cmdline: &str,
+    mem_size: u64,
+) -> Result<boot::LoadedKernel, LinuxError> {
+    cpu::write_tables(mem)?;
+    let kernel = boot::load_kernel(mem, kernel_image)?;
+    let initrd_at = match initramfs.is_empty() {
+        true => 0,
+        false => boot::load_initramfs(mem, &kernel, mem_size, initramfs)?,
+    };
+    boot::write_boot_params(
+        mem,
+        &kernel,
+        cmdline,
+        (initrd_at, initramfs.len() as u64),
+        mem_size,
+    )?;
+    Ok(kernel)
 }
 
 #[cfg(test)]

@@ -5,7 +5,6 @@ mod exit;
 pub(crate) mod kick;
 
 use crate::control::Step;
-use crate::events::ZoneEvent;
 use crate::exit::ZoneExit;
 use crate::zone::ZoneShared;
 use exit::Exit;
@@ -86,9 +85,7 @@ pub(crate) fn run(mut fd: VcpuFd, index: u32, shared: Arc<ZoneShared>, exits: Ar
     CURRENT_ZONE.with(|c| c.set(0));
     drop(fd);
     drop(exits);
-    shared
-        .control
-        .finish(|exit| shared.events.emit(ZoneEvent::Stopped(exit.clone())));
+    shared.control.finish(|exit| shared.on_stopped(exit));
 }
 
 fn exit_loop(

@@ -1,0 +1,600 @@
+//! Running commands in a Linux zone through its agent: [`Command`] in, [`Output`] or a streaming
+//! [`Process`] out. Each command is its own vsock connection to the agent, so commands run
+//! concurrently and one command's failure does not disturb another.
+
+use crate::devices::virtio::vsock::backend::{Stream, VsockError};
+use crate::exit::ZoneExit;
+use crate::zone::ZoneHandle;
+use std::ffi::OsStr;
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::time::{Duration, Instant};
+use zone_agent::proto::{self, ExecRequest, ExitReport, kind};
+
+/// How long `exec` waits for the agent after boot when nothing else is said.
+pub const DEFAULT_READY_TIMEOUT: Duration = Duration::from_secs(120);
+/// Default cap on captured stdout and on captured stderr, each.
+pub const DEFAULT_OUTPUT_LIMIT: usize = 256 << 20;
+/// Longest wait that stands for "no deadline".
+const FOREVER: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
+/// A command to run in a Linux zone, in the style of `std::process::Command`.
+#[derive(Clone, Debug)]
+pub struct Command {
+    argv: Vec<Vec<u8>>,
+    env: Vec<Vec<u8>>,
+    cwd: Vec<u8>,
+    clear_env: bool,
+    timeout: Option<Duration>,
+    stdin: Option<Vec<u8>>,
+    output_limit: usize,
+}
+
+impl Command {
+    /// Runs `program` (looked up in the guest's `PATH` when it has no slash).
+    pub fn new(program: impl AsRef<OsStr>) -> Self {
+        Self {
+            argv: vec![program.as_ref().as_bytes().to_vec()],
+            env: Vec::new(),
+            cwd: Vec::new(),
+            clear_env: false,
+            timeout: None,
+            stdin: None,
+            output_limit: DEFAULT_OUTPUT_LIMIT,
+        }
+    }
+
+    /// Adds an argument.
+    pub fn arg(mut self, arg: impl AsRef<OsStr>) -> Self {
+        self.argv.push(arg.as_ref().as_bytes().to_vec());
+        self
+    }
+
+    /// Adds arguments.
+    pub fn args<I, S>(mut self, args: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        self.argv
+            .extend(args.into_iter().map(|a| a.as_ref().as_bytes().to_vec()));
+        self
+    }
+
+    /// Sets an environment variable.
+    pub fn env(mut self, key: impl AsRef<OsStr>, value: impl AsRef<OsStr>) -> Self {
+        let mut entry = key.as_ref().as_bytes().to_vec();
+        entry.push(b'=');
+        entry.extend_from_slice(value.as_ref().as_bytes());
+        self.env.push(entry);
+        self
+    }
+
+    /// Starts from an empty environment instead of the agent's.
+    pub fn env_clear(mut self) -> Self {
+        self.clear_env = true;
+        self
+    }
+
+    /// Runs in `dir` (default `/`).
+    pub fn current_dir(mut self, dir: impl AsRef<OsStr>) -> Self {
+        self.cwd = dir.as_ref().as_bytes().to_vec();
+        self
+    }
+
+    /// Kills the command (SIGKILL) once `timeout` has passed; the output reports `timed_out`.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+
+    /// Feeds `input` to the command's stdin, then closes it ([`ZoneHandle::exec`] only).
+    pub fn stdin(mut self, input: impl Into<Vec<u8>>) -> Self {
+        self.stdin = Some(input.into());
+        self
+    }
+
+    /// Caps captured stdout and stderr at `bytes` each; beyond it output is dropped and
+    /// [`Output::truncated`] is set (default 256 MiB).
+    pub fn output_limit(mut self, bytes: usize) -> Self {
+        self.output_limit = bytes;
+        self
+    }
+
+    fn request(&self, stdin: bool) -> ExecRequest {
+        ExecRequest {
+            argv: self.argv.clone(),
+            env: self.env.clone(),
+            cwd: self.cwd.clone(),
+            timeout_ms: self
+                .timeout
+                .map_or(0, |t| t.as_millis().clamp(1, u128::from(u64::MAX)) as u64),
+            stdin,
+            clear_env: self.clear_env,
+        }
+    }
+}
+
+/// How a command ended.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ExitStatus {
+    code: Option<i32>,
+    signal: Option<i32>,
+    timed_out: bool,
+}
+
+impl ExitStatus {
+    /// The exit code, if the command exited normally.
+    pub fn code(&self) -> Option<i32> {
+        self.code
+    }
+
+    /// The signal that ended the command, if one did.
+    pub fn signal(&self) -> Option<i32> {
+        self.signal
+    }
+
+    /// Whether the agent killed the command because its timeout passed.
+    pub fn timed_out(&self) -> bool {
+        self.timed_out
+    }
+
+    /// Exited with code 0.
+    pub fn success(&self) -> bool {
+        self.code == Some(0)
+    }
+}
+
+impl From<ExitReport> for ExitStatus {
+    fn from(r: ExitReport) -> Self {
+        Self {
+            code: r.code,
+            signal: r.signal,
+            timed_out: r.timed_out,
+        }
+    }
+}
+
+impl std::fmt::Display for ExitStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match (self.code, self.signal) {
+            (Some(c), _) => write!(f, "exit code {c}")?,
+            (None, Some(s)) => write!(f, "signal {s}")?,
+            (None, None) => f.write_str("unknown status")?,
+        }
+        if self.timed_out {
+            f.write_str(" (timed out)")?;
+        }
+        Ok(())
+    }
+}
+
+/// The result of [`ZoneHandle::exec`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Output {
+    /// How the command ended.
+    pub status: ExitStatus,
+    /// Everything it wrote to stdout (up to the output limit).
+    pub stdout: Vec<u8>,
+    /// Everything it wrote to stderr (up to the output limit).
+    pub stderr: Vec<u8>,
+    /// Some output was dropped because of the output limit.
+    pub truncated: bool,
+}
+
+/// Something a running [`Process`] did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ProcessEvent {
+    /// Bytes on stdout.
+    Stdout(Vec<u8>),
+    /// Bytes on stderr.
+    Stderr(Vec<u8>),
+    /// It ended; no more events follow.
+    Exited(ExitStatus),
+}
+
+/// The agent's answer to a readiness probe.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AgentInfo {
+    /// Protocol version.
+    pub version: u32,
+    /// The guest kernel's release (`uname -r`).
+    pub kernel_release: String,
+}
+
+/// Why a command could not be run or completed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ExecError {
+    /// `exec` on a zone without an agent (a micro zone, or a Linux zone with a custom initrd).
+    #[error(
+        "zone {zone} has no exec channel: only Linux zones booted with the zones agent run commands"
+    )]
+    NoAgent {
+        /// The zone.
+        zone: String,
+    },
+    /// The zone stopped (guest panic, shutdown, kill, deadline) before or while the command ran.
+    #[error("zone {zone} stopped ({exit}) before the command completed")]
+    ZoneStopped {
+        /// The zone.
+        zone: String,
+        /// How it stopped.
+        exit: ZoneExit,
+    },
+    /// The agent did not answer in time after boot.
+    #[error(
+        "zone {zone}: the agent did not answer within {waited:?}; see the zone console for the guest's boot log"
+    )]
+    AgentNotReady {
+        /// The zone.
+        zone: String,
+        /// How long we waited.
+        waited: Duration,
+    },
+    /// The connection to the agent broke mid-command (the agent crashed or the guest reset it).
+    #[error("zone {zone}: lost the agent while running the command: {detail}")]
+    AgentLost {
+        /// The zone.
+        zone: String,
+        /// What happened.
+        detail: String,
+    },
+    /// The agent could not start the program.
+    #[error("zone {zone}: {message}")]
+    Spawn {
+        /// The zone.
+        zone: String,
+        /// The agent's message.
+        message: String,
+    },
+    /// The agent sent something that does not follow the protocol.
+    #[error("zone {zone}: exec protocol error: {detail}")]
+    Protocol {
+        /// The zone.
+        zone: String,
+        /// What was wrong.
+        detail: String,
+    },
+}
+
+/// `io::Read`/`io::Write` over a vsock stream, for the protocol's frame functions.
+struct Io<'a> {
+    stream: &'a Stream,
+    deadline: Instant,
+}
+
+fn to_io(e: VsockError) -> io::Error {
+    let kind = if e == VsockError::TimedOut {
+        io::ErrorKind::TimedOut
+    } else {
+        io::ErrorKind::ConnectionReset
+    };
+    io::Error::new(kind, e)
+}
+
+impl io::Read for Io<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.stream.read(buf, self.deadline).map_err(to_io)
+    }
+}
+
+impl io::Write for Io<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.stream.write_all(buf, self.deadline).map_err(to_io)?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A command running in a zone ([`ZoneHandle::spawn`]). Dropping it kills the command.
+pub struct Process {
+    zone: ZoneHandle,
+    stream: Stream,
+    pid: u32,
+    finished: bool,
+    output_limit: usize,
+}
+
+impl std::fmt::Debug for Process {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Process")
+            .field("zone", &self.zone.name())
+            .field("pid", &self.pid)
+            .finish()
+    }
+}
+
+impl Process {
+    /// The command's process id in the guest.
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    fn send(&mut self, kind: u8, payload: &[u8]) -> Result<(), ExecError> {
+        let mut io = Io {
+            stream: &self.stream,
+            deadline: Instant::now() + FOREVER,
+        };
+        proto::write_frame(&mut io, kind, payload).map_err(|e| self.lost(e))
+    }
+
+    /// Writes to the command's stdin.
+    pub fn write_stdin(&mut self, data: &[u8]) -> Result<(), ExecError> {
+        for chunk in data.chunks(proto::DATA_CHUNK) {
+            self.send(kind::STDIN, chunk)?;
+        }
+        Ok(())
+    }
+
+    /// Closes the command's stdin.
+    pub fn close_stdin(&mut self) -> Result<(), ExecError> {
+        self.send(kind::STDIN_EOF, &[])
+    }
+
+    /// Sends `signal` (e.g. 15 for SIGTERM) to the command's process group.
+    pub fn signal(&mut self, signal: i32) -> Result<(), ExecError> {
+        self.send(kind::SIGNAL, &(signal as u32).to_le_bytes())
+    }
+
+    /// The next event, or `None` once the command has exited.
+    pub fn next_event(&mut self) -> Result<Option<ProcessEvent>, ExecError> {
+        if self.finished {
+            return Ok(None);
+        }
+        let event = read_event(&self.stream, &self.zone)?;
+        self.finished = matches!(event, ProcessEvent::Exited(_));
+        Ok(Some(event))
+    }
+
+    /// Collects the remaining output until the command exits.
+    pub fn wait_with_output(self) -> Result<Output, ExecError> {
+        if self.finished {
+            return Ok(Output::default());
+        }
+        collect(&self.stream, &self.zone, self.output_limit)
+    }
+
+    fn lost(&self, e: io::Error) -> ExecError {
+        lost(&self.zone, e)
+    }
+}
+
+/// Reads one event of a running command.
+fn read_event(stream: &Stream, zone: &ZoneHandle) -> Result<ProcessEvent, ExecError> {
+    let protocol = |detail: String| ExecError::Protocol {
+        zone: zone.name().to_string(),
+        detail,
+    };
+    let mut io = Io {
+        stream,
+        deadline: Instant::now() + FOREVER,
+    };
+    let frame = proto::read_frame(&mut io).map_err(|e| lost(zone, e))?;
+    let Some((k, payload)) = frame else {
+        let eof = io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "the agent closed the connection",
+        );
+        return Err(lost(zone, eof));
+    };
+    match k {
+        kind::STDOUT => Ok(ProcessEvent::Stdout(payload)),
+        kind::STDERR => Ok(ProcessEvent::Stderr(payload)),
+        kind::EXIT => {
+            let report = ExitReport::decode(&payload).map_err(|e| protocol(e.to_string()))?;
+            Ok(ProcessEvent::Exited(report.into()))
+        }
+        kind::ERROR => Err(ExecError::Spawn {
+            zone: zone.name().to_string(),
+            message: String::from_utf8_lossy(&payload).into_owned(),
+        }),
+        other => Err(protocol(format!("unexpected frame kind {other}"))),
+    }
+}
+
+/// Reads events until the command exits, keeping at most `limit` bytes of each stream.
+fn collect(stream: &Stream, zone: &ZoneHandle, limit: usize) -> Result<Output, ExecError> {
+    let mut out = Output::default();
+    let keep = |buf: &mut Vec<u8>, data: Vec<u8>, truncated: &mut bool| {
+        let room = limit.saturating_sub(buf.len());
+        *truncated |= data.len() > room;
+        buf.extend_from_slice(&data[..data.len().min(room)]);
+    };
+    loop {
+        match read_event(stream, zone)? {
+            ProcessEvent::Stdout(d) => keep(&mut out.stdout, d, &mut out.truncated),
+            ProcessEvent::Stderr(d) => keep(&mut out.stderr, d, &mut out.truncated),
+            ProcessEvent::Exited(status) => {
+                out.status = status;
+                return Ok(out);
+            }
+        }
+    }
+}
+
+/// Sends `input` as stdin frames, then end of input.
+fn feed(stream: &Stream, input: &[u8]) -> io::Result<()> {
+    let mut io = Io {
+        stream,
+        deadline: Instant::now() + FOREVER,
+    };
+    for chunk in input.chunks(proto::DATA_CHUNK) {
+        proto::write_frame(&mut io, kind::STDIN, chunk)?;
+    }
+    proto::write_frame(&mut io, kind::STDIN_EOF, &[])
+}
+
+/// The error for a broken connection: the zone's exit if it stopped, else a lost agent.
+fn lost(zone: &ZoneHandle, e: io::Error) -> ExecError {
+    match zone.ended_exit() {
+        Some(exit) => ExecError::ZoneStopped {
+            zone: zone.name().to_string(),
+            exit,
+        },
+        None => ExecError::AgentLost {
+            zone: zone.name().to_string(),
+            detail: e.to_string(),
+        },
+    }
+}
+
+impl ZoneHandle {
+    fn agent_stream(&self, ready: Duration) -> Result<Stream, ExecError> {
+        let zone = || self.name().to_string();
+        let backend = self
+            .shared
+            .vsock
+            .as_ref()
+            .ok_or_else(|| ExecError::NoAgent { zone: zone() })?;
+        let started = Instant::now();
+        let deadline = started + ready;
+        let mut pause = Duration::from_millis(5);
+        loop {
+            if let Some(exit) = self.ended_exit() {
+                return Err(ExecError::ZoneStopped { zone: zone(), exit });
+            }
+            match backend.connect(proto::AGENT_PORT, deadline) {
+                Ok(stream) => return Ok(stream),
+                // Not listening yet (still booting): try again shortly.
+                Err(VsockError::Refused | VsockError::Reset) if Instant::now() < deadline => {
+                    std::thread::sleep(pause);
+                    pause = (pause * 2).min(Duration::from_millis(100));
+                }
+                Err(VsockError::Closed(_)) => {
+                    let exit = self
+                        .wait_timeout(Duration::from_secs(5))
+                        .unwrap_or(ZoneExit::Killed);
+                    return Err(ExecError::ZoneStopped { zone: zone(), exit });
+                }
+                Err(_) => {
+                    return Err(ExecError::AgentNotReady {
+                        zone: zone(),
+                        waited: started.elapsed(),
+                    });
+                }
+            }
+        }
+    }
+
+    /// Waits until the zone's agent answers, at most `timeout` (boot included).
+    pub fn wait_ready(&self, timeout: Duration) -> Result<AgentInfo, ExecError> {
+        let stream = self.agent_stream(timeout)?;
+        let mut io = Io {
+            stream: &stream,
+            deadline: Instant::now() + timeout,
+        };
+        proto::write_frame(&mut io, kind::PING, &[]).map_err(|e| lost(self, e))?;
+        match proto::read_frame(&mut io).map_err(|e| lost(self, e))? {
+            Some((kind::PONG, payload)) if payload.len() >= 4 => Ok(AgentInfo {
+                version: u32::from_le_bytes([payload[0], payload[1], payload[2], payload[3]]),
+                kernel_release: String::from_utf8_lossy(&payload[4..]).into_owned(),
+            }),
+            _ => Err(ExecError::Protocol {
+                zone: self.name().to_string(),
+                detail: "bad answer to PING".into(),
+            }),
+        }
+    }
+
+    /// Starts `cmd` and returns it running, stdin open. Waits for the agent first if the zone is
+    /// still booting (up to [`DEFAULT_READY_TIMEOUT`]).
+    pub fn spawn(&self, cmd: &Command) -> Result<Process, ExecError> {
+        self.start(cmd, true)
+    }
+
+    fn start(&self, cmd: &Command, stdin: bool) -> Result<Process, ExecError> {
+        let stream = self.agent_stream(DEFAULT_READY_TIMEOUT)?;
+        let mut process = Process {
+            zone: self.clone(),
+            stream,
+            pid: 0,
+            finished: false,
+            output_limit: cmd.output_limit,
+        };
+        process.send(kind::EXEC, &cmd.request(stdin).encode())?;
+        let mut io = Io {
+            stream: &process.stream,
+            deadline: Instant::now() + FOREVER,
+        };
+        match proto::read_frame(&mut io).map_err(|e| lost(self, e))? {
+            Some((kind::STARTED, p)) if p.len() == 4 => {
+                process.pid = u32::from_le_bytes([p[0], p[1], p[2], p[3]]);
+                Ok(process)
+            }
+            Some((kind::ERROR, message)) => Err(ExecError::Spawn {
+                zone: self.name().to_string(),
+                message: String::from_utf8_lossy(&message).into_owned(),
+            }),
+            _ => Err(ExecError::Protocol {
+                zone: self.name().to_string(),
+                detail: "expected STARTED".into(),
+            }),
+        }
+    }
+
+    /// Runs `cmd` to completion and returns its output. Stdin (if any) is fed from another thread
+    /// while the output is read, so neither side can block the other. Waits for the agent first if
+    /// the zone is still booting (up to [`DEFAULT_READY_TIMEOUT`]).
+    pub fn exec(&self, cmd: &Command) -> Result<Output, ExecError> {
+        let process = self.start(cmd, cmd.stdin.is_some())?;
+        let Some(input) = &cmd.stdin else {
+            return process.wait_with_output();
+        };
+        let stream = &process.stream;
+        std::thread::scope(|scope| {
+            // A command that exits without reading all of its input ends the feed with an
+            // error; its output is what counts.
+            let feeder = scope.spawn(|| feed(stream, input));
+            let output = collect(stream, self, cmd.output_limit);
+            let _ = feeder.join();
+            output
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commands_encode_what_was_asked() {
+        let cmd = Command::new("sh")
+            .args(["-c", "exit 3"])
+            .env("A", "1")
+            .current_dir("/tmp")
+            .timeout(Duration::from_millis(1500))
+            .env_clear();
+        let req = cmd.request(false);
+        assert_eq!(
+            req.argv,
+            vec![b"sh".to_vec(), b"-c".to_vec(), b"exit 3".to_vec()]
+        );
+        assert_eq!(req.env, vec![b"A=1".to_vec()]);
+        assert_eq!(
+            (req.cwd.as_slice(), req.timeout_ms, req.clear_env, req.stdin),
+            (&b"/tmp"[..], 1500, true, false)
+        );
+        assert_eq!(ExecRequest::decode(&req.encode()), Ok(req));
+    }
+
+    #[test]
+    fn exit_status_reads_like_std() {
+        let ok = ExitStatus::from(ExitReport {
+            code: Some(0),
+            signal: None,
+            timed_out: false,
+        });
+        assert!(ok.success());
+        let killed = ExitStatus::from(ExitReport {
+            code: None,
+            signal: Some(9),
+            timed_out: true,
+        });
+        assert!(!killed.success());
+        assert_eq!(killed.to_string(), "signal 9 (timed out)");
+    }
+}

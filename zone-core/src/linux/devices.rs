@@ -1,0 +1,115 @@
+//! The devices of a Linux zone: COM1, the ACPI power register, and virtio-mmio devices (vsock
+//! for exec, block devices for disks), each on its own IOAPIC line.
+
+use super::acpi::{self, MmioDevice};
+use super::{LinuxError, exits, layout};
+use crate::devices::Bus;
+use crate::devices::power::PowerRegister;
+use crate::devices::serial::SerialPort;
+use crate::devices::virtio::mmio::{MmioTransport, QUEUE_NOTIFY};
+use crate::devices::virtio::{Interrupt, VirtioDevice};
+use crate::zone::ZoneShared;
+use kvm_ioctls::{IoEventAddress, VmFd};
+use std::sync::Arc;
+use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::eventfd::EventFd;
+
+/// Guest CID of every Linux zone (the host is 2).
+pub(crate) const GUEST_CID: u64 = 3;
+
+/// An eventfd wired to interrupt `gsi` of the in-kernel IOAPIC.
+pub(crate) fn irq_line(vm: &VmFd, gsi: u32) -> Result<EventFd, LinuxError> {
+    let irq_err = |source| LinuxError::Irq { gsi, source };
+    let evt = EventFd::new(libc::EFD_NONBLOCK).map_err(irq_err)?;
+    vm.register_irqfd(&evt, gsi)
+        .map_err(|e| irq_err(std::io::Error::from_raw_os_error(e.errno())))?;
+    Ok(evt)
+}
+
+/// The port-I/O devices: COM1 and the ACPI power register.
+pub(crate) fn legacy(vm: &VmFd, shared: &Arc<ZoneShared>) -> Result<Bus, LinuxError> {
+    let mut pio = Bus::default();
+    let serial_irq = irq_line(vm, layout::SERIAL_GSI)?;
+    let console = exits::ConsoleWriter(shared.clone());
+    let serial = SerialPort::new(serial_irq, Box::new(console));
+    pio.insert(u64::from(layout::SERIAL_PORT), 8, Arc::new(serial))?;
+    let power_shared = shared.clone();
+    let power = PowerRegister::new(
+        acpi::RESET_VALUE,
+        acpi::S5_SLP_TYP,
+        Box::new(move |request| exits::stop_reason(&power_shared, request)),
+    );
+    pio.insert(u64::from(layout::ACPI_PM_PORT), 1, Arc::new(power))?;
+    Ok(pio)
+}
+
+/// Places virtio devices on the MMIO bus, one window and one interrupt line each.
+pub(crate) struct VirtioBus<'a> {
+    vm: &'a VmFd,
+    mem: &'a GuestMemoryMmap,
+    zone: &'a str,
+    pub(crate) mmio: Bus,
+    pub(crate) described: Vec<MmioDevice>,
+}
+
+impl<'a> VirtioBus<'a> {
+    pub(crate) fn new(vm: &'a VmFd, mem: &'a GuestMemoryMmap, zone: &'a str) -> Self {
+        Self {
+            vm,
+            mem,
+            zone,
+            mmio: Bus::default(),
+            described: Vec::new(),
+        }
+    }
+
+    /// Adds `device` (named `kind` in its worker thread's name).
+    pub(crate) fn add(
+        &mut self,
+        kind: &str,
+        device: Box<dyn VirtioDevice>,
+    ) -> Result<(), LinuxError> {
+        let index = self.described.len() as u32;
+        let gsi = layout::FIRST_DEVICE_GSI + index;
+        if gsi >= layout::IOAPIC_PINS {
+            return Err(LinuxError::TooManyDevices(index as usize + 1));
+        }
+        let base = layout::virtio_mmio_base(index);
+        let queues = device.queue_max_sizes().len();
+        let notify = (0..queues)
+            .map(|queue| {
+                let evt = EventFd::new(libc::EFD_NONBLOCK)
+                    .map_err(|source| LinuxError::Irq { gsi, source })?;
+                let at = IoEventAddress::Mmio(base + QUEUE_NOTIFY);
+                self.vm
+                    .register_ioevent(&evt, &at, queue as u32)
+                    .map_err(|e| LinuxError::Irq {
+                        gsi,
+                        source: std::io::Error::from_raw_os_error(e.errno()),
+                    })?;
+                Ok(evt)
+            })
+            .collect::<Result<Vec<_>, LinuxError>>()?;
+        let interrupt = Arc::new(Interrupt::new(irq_line(self.vm, gsi)?));
+        let name = format!("{}/{kind}", thread_prefix(self.zone));
+        let transport = MmioTransport::new(name, device, self.mem.clone(), interrupt, notify)
+            .map_err(LinuxError::Device)?;
+        self.mmio
+            .insert(base, layout::VIRTIO_MMIO_SIZE, Arc::new(transport))?;
+        self.described.push(MmioDevice {
+            base,
+            size: layout::VIRTIO_MMIO_SIZE,
+            gsi,
+        });
+        Ok(())
+    }
+}
+
+/// Up to 8 bytes of the zone name, so that "<prefix>/<kind>" fits Linux's 15-byte thread names.
+fn thread_prefix(zone: &str) -> &str {
+    let mut end = zone.len().min(8);
+    while !zone.is_char_boundary(end) {
+        end -= 1;
+    }
+    &zone[..end]
+}
