@@ -184,6 +184,11 @@ impl MmioTransport {
         }
         st.status = value;
         if newly & STATUS_DRIVER_OK != 0 && st.status & STATUS_FAILED == 0 {
+            if st.status & STATUS_FEATURES_OK == 0 {
+                // DRIVER_OK before features were negotiated: the driver is broken.
+                st.status |= STATUS_FAILED;
+                return;
+            }
             self.activate(st);
         }
     }
@@ -257,5 +262,199 @@ impl BusDevice for MmioTransport {
             self.write_register(&mut st, offset, u32::from_le_bytes(bytes));
         }
         None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::devices::virtio::{ActivateError, QueueHandler};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use vm_memory::GuestAddress;
+
+    /// A device that counts activations and notifications.
+    struct Probe {
+        activations: Arc<AtomicUsize>,
+        notified: Arc<AtomicUsize>,
+    }
+
+    struct ProbeQueues(Arc<AtomicUsize>);
+
+    impl QueueHandler for ProbeQueues {
+        fn queue_notified(&mut self, _index: usize) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    impl VirtioDevice for Probe {
+        fn device_type(&self) -> u32 {
+            42
+        }
+        fn queue_max_sizes(&self) -> &[u16] {
+            &[16, 16]
+        }
+        fn features(&self) -> u64 {
+            1 << 3
+        }
+        fn read_config(&self, offset: u64, data: &mut [u8]) {
+            crate::devices::virtio::read_config_bytes(&[0xaa, 0xbb, 0xcc, 0xdd], offset, data);
+        }
+        fn activate(&mut self, a: Activation) -> Result<Box<dyn QueueHandler>, ActivateError> {
+            assert_eq!(a.queues.len(), 2);
+            assert_eq!(a.features, VIRTIO_F_VERSION_1 | (1 << 3));
+            self.activations.fetch_add(1, Ordering::SeqCst);
+            Ok(Box::new(ProbeQueues(self.notified.clone())))
+        }
+    }
+
+    struct Rig {
+        transport: MmioTransport,
+        notify: Vec<EventFd>,
+        activations: Arc<AtomicUsize>,
+        notified: Arc<AtomicUsize>,
+    }
+
+    fn rig() -> Rig {
+        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+        let (activations, notified) =
+            (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let device = Box::new(Probe {
+            activations: activations.clone(),
+            notified: notified.clone(),
+        });
+        let notify: Vec<EventFd> = (0..2)
+            .map(|_| EventFd::new(libc::EFD_NONBLOCK).unwrap())
+            .collect();
+        let clones = notify.iter().map(|e| e.try_clone().unwrap()).collect();
+        let irq = Arc::new(Interrupt::new(EventFd::new(libc::EFD_NONBLOCK).unwrap()));
+        let transport = MmioTransport::new("probe".into(), device, mem, irq, clones).unwrap();
+        Rig {
+            transport,
+            notify,
+            activations,
+            notified,
+        }
+    }
+
+    fn r(t: &MmioTransport, offset: u64) -> u32 {
+        let mut b = [0u8; 4];
+        t.read(offset, &mut b);
+        u32::from_le_bytes(b)
+    }
+
+    fn w(t: &MmioTransport, offset: u64, v: u32) {
+        t.write(offset, &v.to_le_bytes());
+    }
+
+    fn setup_queue(t: &MmioTransport, index: u32, base: u64) {
+        w(t, 0x030, index);
+        w(t, 0x038, 16);
+        w(t, 0x080, base as u32);
+        w(t, 0x090, (base + 0x100) as u32);
+        w(t, 0x0a0, (base + 0x200) as u32);
+        w(t, 0x044, 1);
+    }
+
+    #[test]
+    fn identifies_itself_and_negotiates_features() {
+        let rig = rig();
+        let t = &rig.transport;
+        assert_eq!((r(t, 0x000), r(t, 0x004), r(t, 0x008)), (MAGIC, 2, 42));
+        w(t, 0x014, 0);
+        assert_eq!(r(t, 0x010), 1 << 3);
+        w(t, 0x014, 1);
+        assert_eq!(r(t, 0x010), 1, "VIRTIO_F_VERSION_1 in the high word");
+        w(t, 0x030, 1);
+        assert_eq!(r(t, 0x034), 16, "queue max size");
+        w(t, 0x030, 7);
+        assert_eq!(r(t, 0x034), 0, "no such queue");
+        let mut cfg = [0u8; 2];
+        t.read(CONFIG_SPACE + 1, &mut cfg);
+        assert_eq!(cfg, [0xbb, 0xcc]);
+        let mut odd = [0u8; 2];
+        t.read(0x000, &mut odd);
+        assert_eq!(odd, [0, 0], "registers are 32-bit only");
+    }
+
+    #[test]
+    fn refuses_features_it_did_not_offer_and_legacy_drivers() {
+        let rig = rig();
+        let t = &rig.transport;
+        w(t, 0x070, 3);
+        w(t, 0x024, 0);
+        w(t, 0x020, (1 << 3) | (1 << 5)); // bit 5 was not offered
+        w(t, 0x024, 1);
+        w(t, 0x020, 1);
+        w(t, 0x070, 0xb);
+        assert_eq!(r(t, 0x070) & STATUS_FEATURES_OK, 0, "FEATURES_OK refused");
+        w(t, 0x070, 0);
+        w(t, 0x024, 0);
+        w(t, 0x020, 1 << 3); // no VERSION_1: a legacy driver
+        w(t, 0x070, 0xb);
+        assert_eq!(r(t, 0x070) & STATUS_FEATURES_OK, 0);
+    }
+
+    #[test]
+    fn activates_on_driver_ok_runs_a_worker_and_resets() {
+        let rig = rig();
+        let t = &rig.transport;
+        w(t, 0x070, 3);
+        w(t, 0x024, 0);
+        w(t, 0x020, 1 << 3);
+        w(t, 0x024, 1);
+        w(t, 0x020, 1);
+        w(t, 0x070, 0xb);
+        assert_ne!(r(t, 0x070) & STATUS_FEATURES_OK, 0);
+        setup_queue(t, 0, 0x10000);
+        setup_queue(t, 1, 0x20000);
+        w(t, 0x070, 0xf);
+        assert_eq!(rig.activations.load(Ordering::SeqCst), 1);
+        assert_eq!(r(t, 0x044), 1, "queue stays ready after activation");
+        w(t, 0x038, 8);
+        w(t, 0x030, 0);
+        assert_eq!(
+            r(t, 0x034),
+            16,
+            "queue configuration is locked after DRIVER_OK"
+        );
+        rig.notify[1].write(1).unwrap();
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while rig.notified.load(Ordering::SeqCst) == 0 {
+            assert!(std::time::Instant::now() < until, "worker did not run");
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        w(t, 0x070, 0);
+        assert_eq!(
+            (r(t, 0x070), r(t, 0x044)),
+            (0, 0),
+            "reset clears status and queues"
+        );
+        w(t, 0x064, 3);
+        assert_eq!(r(t, 0x060), 0);
+    }
+
+    #[test]
+    fn driver_ok_without_negotiated_features_fails() {
+        let rig = rig();
+        let t = &rig.transport;
+        w(t, 0x070, 3);
+        setup_queue(t, 0, 0x10000);
+        w(t, 0x070, 7);
+        assert_ne!(r(t, 0x070) & STATUS_FAILED, 0);
+        assert_eq!(rig.activations.load(Ordering::SeqCst), 0);
+    }
+
+    #[test]
+    fn queues_outside_guest_memory_fail_activation() {
+        let rig = rig();
+        let t = &rig.transport;
+        w(t, 0x070, 3);
+        w(t, 0x024, 1);
+        w(t, 0x020, 1);
+        w(t, 0x070, 0xb);
+        setup_queue(t, 0, 0x7fff_0000); // beyond the 1 MiB of guest memory
+        w(t, 0x070, 0xf);
+        assert_ne!(r(t, 0x070) & STATUS_FAILED, 0);
+        assert_eq!(rig.activations.load(Ordering::SeqCst), 0);
     }
 }
