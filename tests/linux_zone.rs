@@ -243,3 +243,50 @@ fn pause_stops_guest_progress() {
         .expect("the guest prints again after resume");
     zone.kill();
 }
+
+/// The newest `/boot/vmlinuz-*`: (path, version).
+fn host_kernel_file() -> (std::path::PathBuf, String) {
+    let mut kernels: Vec<_> = std::fs::read_dir("/boot")
+        .unwrap()
+        .filter_map(Result::ok)
+        .filter_map(|e| Some((e.path(), e.file_name().into_string().ok()?.strip_prefix("vmlinuz-")?.to_string())))
+        .collect();
+    kernels.sort_by_key(|(_, v)| v.split(|c: char| !c.is_ascii_digit()).filter_map(|n| n.parse::<u64>().ok()).collect::<Vec<_>>());
+    kernels.pop().expect("a kernel in /boot")
+}
+
+/// The ELF vmlinux inside an xz-compressed bzImage, as `scripts/extract-vmlinux` finds it.
+fn extract_vmlinux(bzimage: &[u8]) -> Option<Vec<u8>> {
+    let at = bzimage.windows(6).position(|w| w == b"\xfd7zXZ\0")?;
+    let mut xz = std::process::Command::new("xz")
+        .args(["-dc", "--single-stream"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .ok()?;
+    let mut stdin = xz.stdin.take()?;
+    let payload = bzimage[at..].to_vec();
+    let feeder = std::thread::spawn(move || std::io::Write::write_all(&mut stdin, &payload));
+    let out = xz.wait_with_output().ok()?;
+    let _ = feeder.join();
+    out.stdout.starts_with(b"\x7fELF").then_some(out.stdout)
+}
+
+#[test]
+fn boots_an_elf_vmlinux_too() {
+    require_linux!();
+    let (path, version) = host_kernel_file();
+    let Some(vmlinux) = extract_vmlinux(&std::fs::read(&path).unwrap()) else {
+        eprintln!("SKIPPED boots_an_elf_vmlinux_too: {} has no xz payload or xz is missing", path.display());
+        return;
+    };
+    let boot = LinuxBoot::from_image(vmlinux)
+        .modules_dir(format!("/lib/modules/{version}"))
+        .busybox()
+        .hide_xsave(std::env::var("ZONES_LAB").is_ok());
+    let zone = zone(boot, 1, 256);
+    let uname = run(&zone, &Command::new("uname").arg("-r"));
+    assert_eq!(text(&uname.stdout), version);
+    zone.kill();
+}
