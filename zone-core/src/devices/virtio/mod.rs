@@ -7,6 +7,7 @@
 //! Queue logic is kept apart from the transport and the thread so that it can be tested with
 //! virtio-queue's mock queue and fuzzed.
 
+pub(crate) mod blk;
 pub(crate) mod mmio;
 pub(crate) mod vsock;
 pub(crate) mod worker;
