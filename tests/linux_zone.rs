@@ -249,9 +249,22 @@ fn host_kernel_file() -> (std::path::PathBuf, String) {
     let mut kernels: Vec<_> = std::fs::read_dir("/boot")
         .unwrap()
         .filter_map(Result::ok)
-        .filter_map(|e| Some((e.path(), e.file_name().into_string().ok()?.strip_prefix("vmlinuz-")?.to_string())))
+        .filter_map(|e| {
+            Some((
+                e.path(),
+                e.file_name()
+                    .into_string()
+                    .ok()?
+                    .strip_prefix("vmlinuz-")?
+                    .to_string(),
+            ))
+        })
         .collect();
-    kernels.sort_by_key(|(_, v)| v.split(|c: char| !c.is_ascii_digit()).filter_map(|n| n.parse::<u64>().ok()).collect::<Vec<_>>());
+    kernels.sort_by_key(|(_, v)| {
+        v.split(|c: char| !c.is_ascii_digit())
+            .filter_map(|n| n.parse::<u64>().ok())
+            .collect::<Vec<_>>()
+    });
     kernels.pop().expect("a kernel in /boot")
 }
 
@@ -278,7 +291,10 @@ fn boots_an_elf_vmlinux_too() {
     require_linux!();
     let (path, version) = host_kernel_file();
     let Some(vmlinux) = extract_vmlinux(&std::fs::read(&path).unwrap()) else {
-        eprintln!("SKIPPED boots_an_elf_vmlinux_too: {} has no xz payload or xz is missing", path.display());
+        eprintln!(
+            "SKIPPED boots_an_elf_vmlinux_too: {} has no xz payload or xz is missing",
+            path.display()
+        );
         return;
     };
     let boot = LinuxBoot::from_image(vmlinux)
@@ -289,4 +305,45 @@ fn boots_an_elf_vmlinux_too() {
     let uname = run(&zone, &Command::new("uname").arg("-r"));
     assert_eq!(text(&uname.stdout), version);
     zone.kill();
+}
+
+#[test]
+fn reads_files_from_a_disk_and_enforces_read_only() {
+    require_linux!();
+    let dir = std::env::temp_dir().join(format!("zones-disk-{}", std::process::id()));
+    let content = dir.join("content");
+    std::fs::create_dir_all(&content).unwrap();
+    std::fs::write(content.join("hello.txt"), "hello from a virtio-blk disk\n").unwrap();
+    let ext4 = dir.join("data.ext4");
+    let mkfs = std::process::Command::new("mkfs.ext4")
+        .args(["-q", "-F", "-d"])
+        .arg(&content)
+        .arg(&ext4)
+        .arg("8M")
+        .status();
+    if !mkfs.is_ok_and(|s| s.success()) {
+        eprintln!("SKIPPED reads_files_from_a_disk_and_enforces_read_only: mkfs.ext4 (e2fsprogs) is unavailable");
+        return;
+    }
+    let scratch = dir.join("scratch.raw");
+    std::fs::write(&scratch, vec![0u8; 1 << 20]).unwrap();
+    let boot = boot()
+        .module("ext4")
+        .module("crc32c_generic")
+        .disk(zones::Disk::raw(&ext4).read_only(true).id("data"))
+        .disk(zones::Disk::raw(&scratch));
+    let zone = zone(boot, 1, 256);
+    let read = run(&zone, &sh("mkdir -p /mnt && mount -t ext4 -o ro /dev/vda /mnt && cat /mnt/hello.txt"));
+    assert_eq!(text(&read.stdout), "hello from a virtio-blk disk", "stderr: {}", text(&read.stderr));
+    let denied = run(&zone, &sh("dd if=/dev/zero of=/dev/vda bs=512 count=1 conv=fsync"));
+    assert!(!denied.status.success(), "writing a read-only disk succeeded");
+    let wrote = run(&zone, &sh("printf 'zones-was-here' | dd of=/dev/vdb bs=512 seek=3 conv=sync,fsync"));
+    assert!(wrote.status.success(), "{}", text(&wrote.stderr));
+    zone.kill();
+    zone.wait();
+    drop(zone);
+    let image = std::fs::read(&scratch).unwrap();
+    assert_eq!(&image[3 * 512..3 * 512 + 14], b"zones-was-here");
+    assert!(image[..3 * 512].iter().all(|b| *b == 0), "nothing written before sector 3");
+    std::fs::remove_dir_all(&dir).unwrap();
 }

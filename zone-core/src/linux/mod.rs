@@ -7,6 +7,7 @@ mod boot;
 mod cpio;
 mod cpu;
 mod devices;
+mod disk;
 mod exits;
 mod initramfs;
 pub(crate) mod layout;
@@ -14,6 +15,7 @@ pub(crate) mod layout;
 pub use acpi::AcpiError;
 pub use boot::BootError;
 pub use cpio::CpioError;
+pub use disk::{Disk, DiskError};
 pub use initramfs::InitramfsError;
 
 use crate::builder::BuildError;
@@ -87,6 +89,7 @@ pub struct LinuxBoot {
     modules_dir: Option<PathBuf>,
     modules: Vec<String>,
     files: Vec<ExtraFile>,
+    disks: Vec<Disk>,
     cmdline: Vec<String>,
     hide_xsave: bool,
 }
@@ -142,6 +145,9 @@ pub enum LinuxError {
     /// More devices than IOAPIC lines.
     #[error("{0} virtio devices do not fit the IOAPIC's lines; use fewer disks")]
     TooManyDevices(usize),
+    /// A disk could not be attached.
+    #[error(transparent)]
+    Disk(#[from] DiskError),
     /// A device model could not be set up.
     #[error("device setup: {0}")]
     Device(String),
@@ -174,6 +180,7 @@ impl LinuxBoot {
             modules_dir: None,
             modules: Vec::new(),
             files: Vec::new(),
+            disks: Vec::new(),
             cmdline: Vec::new(),
             hide_xsave: false,
         }
@@ -219,6 +226,12 @@ impl LinuxBoot {
             mode,
             contents,
         });
+        self
+    }
+
+    /// Attaches a disk (virtio-blk): `/dev/vda` for the first, `/dev/vdb` for the second, ...
+    pub fn disk(mut self, disk: Disk) -> Self {
+        self.disks.push(disk);
         self
     }
 
@@ -382,6 +395,12 @@ pub(crate) fn build(
     let kernel_image = boot.kernel.read("kernel").map_err(err)?;
     let (initramfs, with_agent) = boot.initramfs().map_err(err)?;
     let cmdline = boot.full_cmdline();
+    let disks = boot
+        .disks
+        .iter()
+        .map(Disk::open)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| err(e.into()))?;
 
     let vm = s.open_vm()?;
     vm.fd
@@ -405,6 +424,11 @@ pub(crate) fn build(
     if let Some(backend) = vsock {
         virtio
             .add("vsock", Box::new(Vsock::new(devices::GUEST_CID, backend)))
+            .map_err(err)?;
+    }
+    for (i, disk) in disks.into_iter().enumerate() {
+        virtio
+            .add(&format!("blk{i}"), Box::new(disk))
             .map_err(err)?;
     }
     for (at, table) in acpi::tables(s.vcpus, &virtio.described).map_err(|e| err(e.into()))? {
