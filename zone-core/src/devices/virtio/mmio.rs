@@ -145,7 +145,7 @@ impl MmioTransport {
             0x070 => self.set_status(st, value),
             0x080 | 0x084 | 0x090 | 0x094 | 0x0a0 | 0x0a4 if !queues_locked => {
                 if let Some(q) = st.queues.get_mut(sel) {
-                    let (lo, hi) = if offset % 8 == 0 {
+                    let (lo, hi) = if offset.is_multiple_of(8) {
                         (Some(value), None)
                     } else {
                         (None, Some(value))
@@ -243,7 +243,7 @@ impl BusDevice for MmioTransport {
             st.device.read_config(offset - CONFIG_SPACE, data);
             return;
         }
-        if data.len() == 4 && offset % 4 == 0 {
+        if data.len() == 4 && offset.is_multiple_of(4) {
             data.copy_from_slice(&self.read_register(&st, offset).to_le_bytes());
         } else {
             data.fill(0);
@@ -257,7 +257,7 @@ impl BusDevice for MmioTransport {
             return None;
         }
         if let Ok(bytes) = <[u8; 4]>::try_from(data)
-            && offset % 4 == 0
+            && offset.is_multiple_of(4)
         {
             self.write_register(&mut st, offset, u32::from_le_bytes(bytes));
         }

@@ -233,7 +233,7 @@ impl Backend {
     // ----- device side -----------------------------------------------------------------------
 
     /// Handles one packet from the guest (payload already bounded by the header's `len`).
-    pub(crate) fn from_guest(&self, hdr: &Header, payload: &[u8]) {
+    pub(crate) fn on_guest_packet(&self, hdr: &Header, payload: &[u8]) {
         if hdr.dst_cid != HOST_CID || hdr.src_cid != self.guest_cid {
             return; // Misaddressed: drop it.
         }
@@ -309,7 +309,7 @@ impl Backend {
     }
 
     /// The next packet for the guest with at most `room` payload bytes, if any.
-    pub(crate) fn to_guest(&self, room: usize) -> Option<(Header, Vec<u8>)> {
+    pub(crate) fn next_for_guest(&self, room: usize) -> Option<(Header, Vec<u8>)> {
         let mut st = self.lock();
         if let Some((local, peer)) = st.orphans.pop_front() {
             let rst = Header {
@@ -486,9 +486,9 @@ mod tests {
         let b2 = b.clone();
         let guest_side = std::thread::spawn(move || {
             loop {
-                if let Some((h, _)) = b2.to_guest(4096) {
+                if let Some((h, _)) = b2.next_for_guest(4096) {
                     assert_eq!((h.op, h.dst_port, h.dst_cid), (Op::Request, 1024, GUEST));
-                    b2.from_guest(&guest(answer, 1024, h.src_port, 0), &[]);
+                    b2.on_guest_packet(&guest(answer, 1024, h.src_port, 0), &[]);
                     return h.src_port;
                 }
                 std::thread::sleep(Duration::from_millis(1));
@@ -505,25 +505,25 @@ mod tests {
         let stream = stream.unwrap();
         // Host -> guest, limited by the guest's 4096-byte credit.
         stream.write_all(&[7u8; 6000], soon()).unwrap();
-        let (h, data) = b.to_guest(1 << 16).unwrap();
+        let (h, data) = b.next_for_guest(1 << 16).unwrap();
         assert_eq!((h.op, data.len()), (Op::Rw, 4096));
-        assert!(b.to_guest(1 << 16).is_none(), "no credit left");
+        assert!(b.next_for_guest(1 << 16).is_none(), "no credit left");
         let mut credit = guest(Op::CreditUpdate, 1024, port, 0);
         credit.fwd_cnt = 4096;
-        b.from_guest(&credit, &[]);
-        let (_, rest) = b.to_guest(1 << 16).unwrap();
+        b.on_guest_packet(&credit, &[]);
+        let (_, rest) = b.next_for_guest(1 << 16).unwrap();
         assert_eq!(rest.len(), 6000 - 4096);
         // Guest -> host.
-        b.from_guest(&guest(Op::Rw, 1024, port, 5), b"hello");
+        b.on_guest_packet(&guest(Op::Rw, 1024, port, 5), b"hello");
         let mut buf = [0u8; 16];
         assert_eq!(stream.read(&mut buf, soon()).unwrap(), 5);
         assert_eq!(&buf[..5], b"hello");
         let mut fin = guest(Op::Shutdown, 1024, port, 0);
         fin.flags = SHUTDOWN_SEND;
-        b.from_guest(&fin, &[]);
+        b.on_guest_packet(&fin, &[]);
         assert_eq!(stream.read(&mut buf, soon()).unwrap(), 0, "end of stream");
         drop(stream);
-        let (h, _) = b.to_guest(4096).unwrap();
+        let (h, _) = b.next_for_guest(4096).unwrap();
         assert_eq!(h.op, Op::Rst, "dropping the stream resets the connection");
     }
 
@@ -533,13 +533,13 @@ mod tests {
         let (stream, _) = connect(&b, Op::Rst);
         assert_eq!(stream.err(), Some(VsockError::Refused));
         // The guest tries to connect to the host: refused with RST.
-        b.from_guest(&guest(Op::Request, 5000, 80, 0), &[]);
-        let (h, _) = b.to_guest(4096).unwrap();
+        b.on_guest_packet(&guest(Op::Request, 5000, 80, 0), &[]);
+        let (h, _) = b.next_for_guest(4096).unwrap();
         assert_eq!((h.op, h.dst_port, h.src_port), (Op::Rst, 5000, 80));
         // Misaddressed packets are dropped.
         let mut wrong = guest(Op::Request, 5000, 80, 0);
         wrong.src_cid = 99;
-        b.from_guest(&wrong, &[]);
+        b.on_guest_packet(&wrong, &[]);
         assert!(!b.has_pending());
     }
 
@@ -550,10 +550,10 @@ mod tests {
         let stream = stream.unwrap();
         let chunk = vec![1u8; MAX_PAYLOAD as usize];
         for _ in 0..(RECV_BUFFER / MAX_PAYLOAD) {
-            b.from_guest(&guest(Op::Rw, 1024, port, MAX_PAYLOAD), &chunk);
+            b.on_guest_packet(&guest(Op::Rw, 1024, port, MAX_PAYLOAD), &chunk);
         }
-        b.from_guest(&guest(Op::Rw, 1024, port, 1), &[1]);
-        let (h, _) = b.to_guest(4096).unwrap();
+        b.on_guest_packet(&guest(Op::Rw, 1024, port, 1), &[1]);
+        let (h, _) = b.next_for_guest(4096).unwrap();
         assert_eq!(h.op, Op::Rst);
         let mut buf = vec![0u8; RECV_BUFFER as usize];
         assert_eq!(
@@ -591,10 +591,10 @@ mod tests {
         let (stream, port) = connect(&b, Op::Response);
         let stream = stream.unwrap();
         let chunk = vec![2u8; MAX_PAYLOAD as usize];
-        b.from_guest(&guest(Op::Rw, 1024, port, MAX_PAYLOAD), &chunk);
+        b.on_guest_packet(&guest(Op::Rw, 1024, port, MAX_PAYLOAD), &chunk);
         let mut buf = vec![0u8; MAX_PAYLOAD as usize];
         stream.read(&mut buf, soon()).unwrap();
-        let (h, _) = b.to_guest(4096).unwrap();
+        let (h, _) = b.next_for_guest(4096).unwrap();
         assert_eq!(
             (h.op, h.fwd_cnt, h.buf_alloc),
             (Op::CreditUpdate, MAX_PAYLOAD, RECV_BUFFER)

@@ -92,7 +92,7 @@ impl VsockQueues {
                     let len = (hdr.len as usize).min(reader.available_bytes());
                     let mut payload = vec![0u8; len];
                     if reader.read_exact(&mut payload).is_ok() {
-                        self.backend.from_guest(&hdr, &payload);
+                        self.backend.on_guest_packet(&hdr, &payload);
                     }
                 }
             }
@@ -123,7 +123,7 @@ impl VsockQueues {
                 used = true;
                 continue;
             }
-            let Some((hdr, payload)) = self.backend.to_guest(room) else {
+            let Some((hdr, payload)) = self.backend.next_for_guest(room) else {
                 self.rx.go_to_previous_position();
                 break;
             };
