@@ -322,7 +322,9 @@ fn reads_files_from_a_disk_and_enforces_read_only() {
         .arg("8M")
         .status();
     if !mkfs.is_ok_and(|s| s.success()) {
-        eprintln!("SKIPPED reads_files_from_a_disk_and_enforces_read_only: mkfs.ext4 (e2fsprogs) is unavailable");
+        eprintln!(
+            "SKIPPED reads_files_from_a_disk_and_enforces_read_only: mkfs.ext4 (e2fsprogs) is unavailable"
+        );
         return;
     }
     let scratch = dir.join("scratch.raw");
@@ -333,17 +335,37 @@ fn reads_files_from_a_disk_and_enforces_read_only() {
         .disk(zones::Disk::raw(&ext4).read_only(true).id("data"))
         .disk(zones::Disk::raw(&scratch));
     let zone = zone(boot, 1, 256);
-    let read = run(&zone, &sh("mkdir -p /mnt && mount -t ext4 -o ro /dev/vda /mnt && cat /mnt/hello.txt"));
-    assert_eq!(text(&read.stdout), "hello from a virtio-blk disk", "stderr: {}", text(&read.stderr));
-    let denied = run(&zone, &sh("dd if=/dev/zero of=/dev/vda bs=512 count=1 conv=fsync"));
-    assert!(!denied.status.success(), "writing a read-only disk succeeded");
-    let wrote = run(&zone, &sh("printf 'zones-was-here' | dd of=/dev/vdb bs=512 seek=3 conv=sync,fsync"));
+    let read = run(
+        &zone,
+        &sh("mkdir -p /mnt && mount -t ext4 -o ro /dev/vda /mnt && cat /mnt/hello.txt"),
+    );
+    assert_eq!(
+        text(&read.stdout),
+        "hello from a virtio-blk disk",
+        "stderr: {}",
+        text(&read.stderr)
+    );
+    let denied = run(
+        &zone,
+        &sh("dd if=/dev/zero of=/dev/vda bs=512 count=1 conv=fsync"),
+    );
+    assert!(
+        !denied.status.success(),
+        "writing a read-only disk succeeded"
+    );
+    let wrote = run(
+        &zone,
+        &sh("printf 'zones-was-here' | dd of=/dev/vdb bs=512 seek=3 conv=sync,fsync"),
+    );
     assert!(wrote.status.success(), "{}", text(&wrote.stderr));
     zone.kill();
     zone.wait();
     drop(zone);
     let image = std::fs::read(&scratch).unwrap();
     assert_eq!(&image[3 * 512..3 * 512 + 14], b"zones-was-here");
-    assert!(image[..3 * 512].iter().all(|b| *b == 0), "nothing written before sector 3");
+    assert!(
+        image[..3 * 512].iter().all(|b| *b == 0),
+        "nothing written before sector 3"
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }
