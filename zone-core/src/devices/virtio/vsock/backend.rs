@@ -152,6 +152,22 @@ impl Backend {
         port: u32,
         deadline: Instant,
     ) -> Result<Stream, VsockError> {
+        let stream = self.open(port)?;
+        let local = stream.port;
+        let st = self.wait(deadline, |st| {
+            st.conns
+                .get(&local)
+                .is_none_or(|c| c.state != ConnState::Connecting)
+        })?;
+        match st.conns.get(&local).map(|c| c.state) {
+            Some(ConnState::Connected) => Ok(stream),
+            Some(ConnState::Refused) => Err(VsockError::Refused),
+            _ => Err(VsockError::Reset),
+        }
+    }
+
+    /// Starts a connection to guest port `port` without waiting for the answer.
+    pub(crate) fn open(self: &Arc<Self>, port: u32) -> Result<Stream, VsockError> {
         let mut st = self.lock();
         if let Some(reason) = &st.closed {
             return Err(VsockError::Closed(reason.clone()));
@@ -188,20 +204,10 @@ impl Backend {
         );
         drop(st);
         self.wake_worker();
-        let stream = Stream {
+        Ok(Stream {
             backend: self.clone(),
             port: local,
-        };
-        let st = self.wait(deadline, |st| {
-            st.conns
-                .get(&local)
-                .is_none_or(|c| c.state != ConnState::Connecting)
-        })?;
-        match st.conns.get(&local).map(|c| c.state) {
-            Some(ConnState::Connected) => Ok(stream),
-            Some(ConnState::Refused) => Err(VsockError::Refused),
-            _ => Err(VsockError::Reset),
-        }
+        })
     }
 
     /// Waits until `done` holds, the deadline passes (TimedOut) or the backend closes.
@@ -300,6 +306,15 @@ impl Backend {
             _ => {}
         }
         conn.has_packet()
+    }
+
+    /// The largest receive and send buffers of any connection, and the number of connections
+    /// (for invariant checks).
+    pub(crate) fn buffered(&self) -> (usize, usize, usize) {
+        let st = self.lock();
+        let recv = st.conns.values().map(|c| c.recv.len()).max().unwrap_or(0);
+        let send = st.conns.values().map(|c| c.send.len()).max().unwrap_or(0);
+        (recv, send, st.conns.len() + st.orphans.len())
     }
 
     /// Whether any packet waits for the guest.
