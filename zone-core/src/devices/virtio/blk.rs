@@ -551,6 +551,7 @@ impl VirtioDevice for Block {
 
     fn features(&self) -> u64 {
         let mut features = VIRTIO_F_VERSION_1
+            | super::VIRTIO_RING_F_EVENT_IDX
             | (1 << VIRTIO_BLK_F_FLUSH)
             | (1 << VIRTIO_BLK_F_SEG_MAX)
             | (1 << VIRTIO_BLK_F_SIZE_MAX);
@@ -1004,6 +1005,7 @@ mod tests {
         assert_eq!(
             features,
             VIRTIO_F_VERSION_1
+                | crate::devices::virtio::VIRTIO_RING_F_EVENT_IDX
                 | (1 << VIRTIO_BLK_F_FLUSH)
                 | (1 << VIRTIO_BLK_F_SEG_MAX)
                 | (1 << VIRTIO_BLK_F_SIZE_MAX)

@@ -6,7 +6,10 @@
 //! status write of 0 (reset) stops the worker and forgets the queues.
 
 use super::worker::Worker;
-use super::{Activation, INT_CONFIG, INT_USED_RING, Interrupt, VIRTIO_F_VERSION_1, VirtioDevice};
+use super::{
+    Activation, INT_CONFIG, INT_USED_RING, Interrupt, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX,
+    VirtioDevice,
+};
 use crate::devices::BusDevice;
 use crate::exit::ZoneExit;
 use std::sync::{Arc, Mutex};
@@ -214,6 +217,11 @@ impl MmioTransport {
         for (kept, active) in st.queues.iter_mut().zip(&queues) {
             kept.set_size(active.size());
             kept.set_ready(active.ready());
+        }
+        let event_idx = st.driver_features & VIRTIO_RING_F_EVENT_IDX != 0;
+        let mut queues = queues;
+        for q in &mut queues {
+            q.set_event_idx(event_idx);
         }
         let activation = Activation {
             mem: self.mem.clone(),

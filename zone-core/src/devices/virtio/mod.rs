@@ -21,6 +21,8 @@ use vmm_sys_util::eventfd::EventFd;
 
 /// VIRTIO_F_VERSION_1: a modern (virtio 1.x) device.
 pub(crate) const VIRTIO_F_VERSION_1: u64 = 1 << 32;
+/// VIRTIO_RING_F_EVENT_IDX: the driver says when it wants notifications and interrupts.
+pub(crate) const VIRTIO_RING_F_EVENT_IDX: u64 = 1 << 29;
 /// Interrupt status bit: a used buffer was added.
 pub(crate) const INT_USED_RING: u32 = 1;
 /// Interrupt status bit: the configuration changed.

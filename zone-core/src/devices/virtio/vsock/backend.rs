@@ -416,9 +416,11 @@ impl Stream {
             };
         }
         let n = buf.len().min(conn.recv.len());
-        for (dst, src) in buf.iter_mut().zip(conn.recv.drain(..n)) {
-            *dst = src;
-        }
+        let (front, back) = conn.recv.as_slices();
+        let first = n.min(front.len());
+        buf[..first].copy_from_slice(&front[..first]);
+        buf[first..n].copy_from_slice(&back[..n - first]);
+        conn.recv.drain(..n);
         conn.fwd_cnt = conn.fwd_cnt.wrapping_add(n as u32);
         let update = conn.fwd_cnt.wrapping_sub(conn.fwd_cnt_sent) >= RECV_BUFFER / 4;
         if update {

@@ -46,7 +46,7 @@ impl VirtioDevice for Vsock {
     }
 
     fn features(&self) -> u64 {
-        super::VIRTIO_F_VERSION_1
+        super::VIRTIO_F_VERSION_1 | super::VIRTIO_RING_F_EVENT_IDX
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
@@ -79,72 +79,98 @@ pub(crate) struct VsockQueues {
 
 impl VsockQueues {
     /// Takes every packet the guest sent. Malformed packets are dropped; their buffers are
-    /// returned to the guest either way.
+    /// returned to the guest either way. Returns whether any buffer was used.
     fn drain_tx(&mut self) -> bool {
         let mut used = false;
-        while let Some(chain) = self.tx.pop_descriptor_chain(&self.mem) {
-            let head = chain.head_index();
-            if let Ok(mut reader) = chain.reader(&self.mem) {
-                let mut raw = [0u8; HEADER_LEN];
-                if reader.read_exact(&mut raw).is_ok()
-                    && let Ok(hdr) = Header::decode(&raw)
-                {
-                    let len = (hdr.len as usize).min(reader.available_bytes());
-                    let mut payload = vec![0u8; len];
-                    if reader.read_exact(&mut payload).is_ok() {
-                        self.backend.on_guest_packet(&hdr, &payload);
+        let mut empty_rounds = 0;
+        loop {
+            // Suppress kicks while draining; re-enable and look again so none is missed.
+            let _ = self.tx.disable_notification(&self.mem);
+            let mut popped = 0;
+            while let Some(chain) = self.tx.pop_descriptor_chain(&self.mem) {
+                popped += 1;
+                let head = chain.head_index();
+                if let Ok(mut reader) = chain.reader(&self.mem) {
+                    let mut raw = [0u8; HEADER_LEN];
+                    if reader.read_exact(&mut raw).is_ok()
+                        && let Ok(hdr) = Header::decode(&raw)
+                    {
+                        let len = (hdr.len as usize).min(reader.available_bytes());
+                        let mut payload = vec![0u8; len];
+                        if reader.read_exact(&mut payload).is_ok() {
+                            self.backend.on_guest_packet(&hdr, &payload);
+                        }
                     }
                 }
+                // Nothing is written into TX buffers.
+                used |= self.tx.add_used(&self.mem, head, 0).is_ok();
             }
-            // Nothing is written into TX buffers.
-            let _ = self.tx.add_used(&self.mem, head, 0);
-            used = true;
+            // Two empty rounds in a row: an avail index nothing can be popped from (a broken
+            // ring). Stop rather than spin.
+            empty_rounds = if popped == 0 { empty_rounds + 1 } else { 0 };
+            match self.tx.enable_notification(&self.mem) {
+                Ok(true) if empty_rounds < 2 => continue,
+                _ => return used,
+            }
         }
-        used
     }
 
-    /// Fills the guest's RX buffers with whatever the backend has for it.
+    /// Fills the guest's RX buffers with whatever the backend has for it. Returns whether any
+    /// buffer was used.
     fn fill_rx(&mut self) -> bool {
         let mut used = false;
-        while self.backend.has_pending() {
-            let Some(chain) = self.rx.pop_descriptor_chain(&self.mem) else {
-                break;
-            };
-            let head = chain.head_index();
-            let Ok(mut writer) = chain.writer(&self.mem) else {
-                let _ = self.rx.add_used(&self.mem, head, 0);
-                used = true;
-                continue;
-            };
-            let room = writer.available_bytes().saturating_sub(HEADER_LEN);
-            if writer.available_bytes() < HEADER_LEN {
-                // A buffer too small for a header: give it back empty.
-                let _ = self.rx.add_used(&self.mem, head, 0);
-                used = true;
-                continue;
+        let mut empty_rounds = 0;
+        loop {
+            let _ = self.rx.disable_notification(&self.mem);
+            let mut out_of_buffers = false;
+            let mut popped = 0;
+            while self.backend.has_pending() {
+                let Some(chain) = self.rx.pop_descriptor_chain(&self.mem) else {
+                    out_of_buffers = true;
+                    break;
+                };
+                popped += 1;
+                let head = chain.head_index();
+                let len = match chain.writer(&self.mem) {
+                    Ok(mut writer) if writer.available_bytes() >= HEADER_LEN => {
+                        let room = writer.available_bytes() - HEADER_LEN;
+                        let Some((hdr, payload)) = self.backend.next_for_guest(room) else {
+                            self.rx.go_to_previous_position();
+                            break;
+                        };
+                        let written = writer
+                            .write_all(&hdr.encode())
+                            .and_then(|()| writer.write_all(&payload));
+                        if written.is_ok() {
+                            (HEADER_LEN + payload.len()) as u32
+                        } else {
+                            0
+                        }
+                    }
+                    // A broken chain or one too small for a header: give it back empty.
+                    _ => 0,
+                };
+                used |= self.rx.add_used(&self.mem, head, len).is_ok();
             }
-            let Some((hdr, payload)) = self.backend.next_for_guest(room) else {
-                self.rx.go_to_previous_position();
-                break;
-            };
-            let written = writer
-                .write_all(&hdr.encode())
-                .and_then(|()| writer.write_all(&payload));
-            let len = if written.is_ok() {
-                (HEADER_LEN + payload.len()) as u32
-            } else {
-                0
-            };
-            let _ = self.rx.add_used(&self.mem, head, len);
-            used = true;
+            // Ask for a kick when buffers arrive while data waits; go round if some raced in.
+            empty_rounds = if popped == 0 { empty_rounds + 1 } else { 0 };
+            match self.rx.enable_notification(&self.mem) {
+                Ok(true) if out_of_buffers && empty_rounds < 2 && self.backend.has_pending() => {
+                    continue;
+                }
+                _ => return used,
+            }
         }
-        used
     }
 
     fn service(&mut self, tx: bool) {
-        let mut used = tx && self.drain_tx();
-        used |= self.fill_rx();
-        if used {
+        let tx_used = tx && self.drain_tx();
+        let rx_used = self.fill_rx();
+        let notify =
+            |q: &mut Queue, mem: &GuestMemoryMmap| q.needs_notification(mem).unwrap_or(true);
+        let interrupt = (tx_used && notify(&mut self.tx, &self.mem))
+            | (rx_used && notify(&mut self.rx, &self.mem));
+        if interrupt {
             self.interrupt.signal(INT_USED_RING);
         }
     }
