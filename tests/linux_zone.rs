@@ -241,7 +241,13 @@ fn pause_stops_guest_progress() {
     zone.resume().unwrap();
     rx.recv_timeout(wait)
         .expect("the guest prints again after resume");
-    zone.kill();
+    // Deadlines apply to Linux zones too.
+    zone.set_deadline(Duration::from_millis(200));
+    assert_eq!(zone.wait(), ZoneExit::DeadlineExceeded);
+    assert!(matches!(
+        zone.exec(&Command::new("true")),
+        Err(ExecError::ZoneStopped { .. })
+    ));
 }
 
 /// The newest `/boot/vmlinuz-*`: (path, version).
