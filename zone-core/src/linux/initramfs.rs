@@ -20,6 +20,17 @@ use std::sync::Arc;
 
 use super::cpio::{CpioError, CpioWriter};
 
+/// Directories every initramfs has, with their modes.
+const BASE_DIRS: [(&str, u32); 7] = [
+    ("dev", 0o755),
+    ("proc", 0o555),
+    ("sys", 0o555),
+    ("tmp", 0o1777),
+    ("run", 0o755),
+    ("root", 0o700),
+    ("etc", 0o755),
+];
+
 /// Largest initramfs [`build`] produces.
 const MAX_INITRAMFS: usize = 1 << 30;
 /// Largest `modules.dep` or `modules.builtin` read (Debian's `modules.dep` is about 500 KiB).
@@ -293,15 +304,7 @@ fn build_with_limit(
         limit,
     };
     archive.file("init", 0o755, agent)?;
-    for (dir, mode) in [
-        ("dev", 0o755),
-        ("proc", 0o555),
-        ("sys", 0o555),
-        ("tmp", 0o1777),
-        ("run", 0o755),
-        ("root", 0o700),
-        ("etc", 0o755),
-    ] {
+    for (dir, mode) in BASE_DIRS {
         archive.add(dir, |w| w.dir(dir, mode))?;
     }
     archive.add("dev/console", |w| w.char_device("dev/console", 0o600, 5, 1))?;
@@ -850,15 +853,7 @@ kernel/z/uses_z.ko: kernel/z/zstmod.ko.zst
             (init.mode, init.data.as_slice()),
             (S_IFREG | 0o755, &b"\x7fELF agent"[..])
         );
-        for (dir, mode) in [
-            ("dev", 0o755),
-            ("proc", 0o555),
-            ("sys", 0o555),
-            ("tmp", 0o1777),
-            ("run", 0o755),
-            ("root", 0o700),
-            ("etc", 0o755),
-        ] {
+        for (dir, mode) in BASE_DIRS {
             assert_eq!(find(&entries, dir).mode, S_IFDIR | mode, "{dir}");
         }
         let console = find(&entries, "dev/console");

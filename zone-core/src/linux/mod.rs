@@ -206,20 +206,16 @@ impl LinuxBoot {
     }
 
     /// Copies the host file `host` into the guest at `guest` (an absolute path) with `mode`.
-    pub fn file(mut self, guest: &str, host: impl Into<PathBuf>, mode: u32) -> Self {
-        let contents = FileContents::HostFile(host.into());
-        let guest_path = guest.trim_start_matches('/').to_string();
-        self.files.push(ExtraFile {
-            guest_path,
-            mode,
-            contents,
-        });
-        self
+    pub fn file(self, guest: &str, host: impl Into<PathBuf>, mode: u32) -> Self {
+        self.extra(guest, mode, FileContents::HostFile(host.into()))
     }
 
     /// Puts `bytes` into the guest at `guest` (an absolute path) with `mode`.
-    pub fn file_bytes(mut self, guest: &str, bytes: impl Into<Arc<[u8]>>, mode: u32) -> Self {
-        let contents = FileContents::Bytes(bytes.into());
+    pub fn file_bytes(self, guest: &str, bytes: impl Into<Arc<[u8]>>, mode: u32) -> Self {
+        self.extra(guest, mode, FileContents::Bytes(bytes.into()))
+    }
+
+    fn extra(mut self, guest: &str, mode: u32, contents: FileContents) -> Self {
         let guest_path = guest.trim_start_matches('/').to_string();
         self.files.push(ExtraFile {
             guest_path,
@@ -241,12 +237,8 @@ impl LinuxBoot {
     pub fn busybox(mut self) -> Self {
         self = self.file("/bin/busybox", "/bin/busybox", 0o755);
         for applet in BUSYBOX_APPLETS {
-            let contents = FileContents::Symlink("busybox".into());
-            self.files.push(ExtraFile {
-                guest_path: format!("bin/{applet}"),
-                mode: 0o777,
-                contents,
-            });
+            let link = FileContents::Symlink("busybox".into());
+            self = self.extra(&format!("/bin/{applet}"), 0o777, link);
         }
         self
     }
