@@ -251,8 +251,9 @@ fn main() {
         );
         return;
     }
-    report_boot();
+    // Memory first: later zones would leave freed heap behind that hides the VMM's own growth.
     report_memory_and_throughput();
+    report_boot();
     let mut c = Criterion::default().configure_from_args();
     exec_latency(&mut c);
     c.final_summary();
