@@ -120,14 +120,41 @@ fn a_device_that_is_not_kvm_is_explained() {
     );
 }
 
+/// The user the permission test drops to when it runs as root (`nobody` on Debian).
+const UNPRIVILEGED: u32 = 65534;
+
 #[test]
 fn unreadable_kvm_device_is_explained() {
-    // Root can open anything, so the permission case is checked only as another user.
+    // Root can open anything: as root, run this test again in a child as an unprivileged user.
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } == 0 {
-        eprintln!(
-            "SKIPPED unreadable_kvm_device_is_explained: running as root, permissions do not apply"
-        );
+        use std::os::unix::process::CommandExt;
+        let exe = std::env::current_exe().unwrap();
+        let child = std::process::Command::new(&exe)
+            .args([
+                "--exact",
+                "unreadable_kvm_device_is_explained",
+                "--nocapture",
+            ])
+            .args(["--test-threads", "1"])
+            .uid(UNPRIVILEGED)
+            .gid(UNPRIVILEGED)
+            .output();
+        match child {
+            Ok(out) => {
+                let stdout = String::from_utf8_lossy(&out.stdout);
+                assert!(
+                    out.status.success() && stdout.contains("1 passed"),
+                    "as uid {UNPRIVILEGED}: {}\n{stdout}\n{}",
+                    out.status,
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+            Err(e) => common::skipped(format_args!(
+                "unreadable_kvm_device_is_explained: cannot run {} as uid {UNPRIVILEGED} ({e})",
+                exe.display()
+            )),
+        }
         return;
     }
     let dir = std::env::temp_dir().join(format!("zones-perm-{}", std::process::id()));
@@ -149,6 +176,7 @@ fn unreadable_kvm_device_is_explained() {
         ),
         "{err}"
     );
+    println!("{err}");
 }
 
 #[test]

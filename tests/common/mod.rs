@@ -5,6 +5,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use zones::prelude::*;
 
+/// Prints `SKIPPED <why>` where it is seen: straight to the process's stderr, which the test
+/// harness does not capture (its capture would hide the line of a test that returns early).
+pub fn skipped(why: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr().lock(), "SKIPPED {why}");
+}
+
 /// Whether /dev/kvm can be opened. Prints why a test is skipped when it cannot.
 pub fn kvm_available(test: &str) -> bool {
     match std::fs::OpenOptions::new()
@@ -14,7 +21,9 @@ pub fn kvm_available(test: &str) -> bool {
     {
         Ok(_) => true,
         Err(e) => {
-            eprintln!("SKIPPED {test}: /dev/kvm cannot be opened ({e}); zone tests need KVM");
+            skipped(format_args!(
+                "{test}: /dev/kvm cannot be opened ({e}); zone tests need KVM"
+            ));
             false
         }
     }
