@@ -76,24 +76,28 @@ fn missing_payload_and_bad_host_functions() {
     assert!(matches!(nul, Err(BuildError::Load { .. })));
 }
 
-#[test]
-fn missing_kvm_device_is_explained() {
-    let err = Zone::builder()
+/// The error of building zone `nokvm` with `device` as its KVM device.
+fn build_with_kvm_device(device: impl Into<std::path::PathBuf>) -> BuildError {
+    Zone::builder()
         .name("nokvm")
         .micro(hello())
-        .kvm_device("/nonexistent/kvm")
+        .kvm_device(device)
         .build()
-        .unwrap_err();
-    assert!(
-        matches!(
-            err,
-            BuildError::Kvm {
-                source: KvmError::Missing { .. },
-                ..
-            }
-        ),
-        "{err}"
-    );
+        .unwrap_err()
+}
+
+/// The KVM error inside `err`; any other error fails the test.
+fn kvm_error(err: &BuildError) -> &KvmError {
+    match err {
+        BuildError::Kvm { source, .. } => source,
+        other => panic!("expected a KVM error, got: {other}"),
+    }
+}
+
+#[test]
+fn missing_kvm_device_is_explained() {
+    let err = build_with_kvm_device("/nonexistent/kvm");
+    assert!(matches!(kvm_error(&err), KvmError::Missing { .. }), "{err}");
     let msg = err.to_string();
     assert!(
         msg.contains("zone nokvm") && msg.contains("/nonexistent/kvm") && msg.contains("kvm_amd"),
@@ -103,21 +107,8 @@ fn missing_kvm_device_is_explained() {
 
 #[test]
 fn a_device_that_is_not_kvm_is_explained() {
-    let err = Zone::builder()
-        .micro(hello())
-        .kvm_device("/dev/null")
-        .build()
-        .unwrap_err();
-    assert!(
-        matches!(
-            err,
-            BuildError::Kvm {
-                source: KvmError::NotKvm { .. },
-                ..
-            }
-        ),
-        "{err}"
-    );
+    let err = build_with_kvm_device("/dev/null");
+    assert!(matches!(kvm_error(&err), KvmError::NotKvm { .. }), "{err}");
 }
 
 /// The user the permission test drops to when it runs as root (`nobody` on Debian).
@@ -160,20 +151,10 @@ fn unreadable_kvm_device_is_explained() {
     let dir = std::env::temp_dir().join(format!("zones-perm-{}", std::process::id()));
     std::fs::write(&dir, b"").unwrap();
     std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o000)).unwrap();
-    let err = Zone::builder()
-        .micro(hello())
-        .kvm_device(&dir)
-        .build()
-        .unwrap_err();
+    let err = build_with_kvm_device(&dir);
     std::fs::remove_file(&dir).unwrap();
     assert!(
-        matches!(
-            err,
-            BuildError::Kvm {
-                source: KvmError::Permission { .. },
-                ..
-            }
-        ),
+        matches!(kvm_error(&err), KvmError::Permission { .. }),
         "{err}"
     );
     println!("{err}");
