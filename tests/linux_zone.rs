@@ -17,15 +17,15 @@ fn linux_capable(test: &str) -> bool {
     if on("ZONES_LAB") || on("ZONES_LINUX_TESTS") {
         return common::kvm_available(test);
     }
-    eprintln!(
-        "SKIPPED {test}: needs a KVM that runs guest kernels; run it in the lab (lab/test linux_zone) or set ZONES_LINUX_TESTS=1"
-    );
+    common::skipped(format_args!(
+        "{test}: needs a KVM that runs guest kernels; run it in the lab (lab/test linux_zone) or set ZONES_LINUX_TESTS=1"
+    ));
     false
 }
 
 macro_rules! require_linux {
     () => {
-        if !linux_capable(module_path!()) {
+        if !linux_capable(std::thread::current().name().unwrap_or(module_path!())) {
             return;
         }
     };
@@ -297,10 +297,10 @@ fn boots_an_elf_vmlinux_too() {
     require_linux!();
     let (path, version) = host_kernel_file();
     let Some(vmlinux) = extract_vmlinux(&std::fs::read(&path).unwrap()) else {
-        eprintln!(
-            "SKIPPED boots_an_elf_vmlinux_too: {} has no xz payload or xz is missing",
+        common::skipped(format_args!(
+            "boots_an_elf_vmlinux_too: {} has no xz payload or xz is missing",
             path.display()
-        );
+        ));
         return;
     };
     let boot = LinuxBoot::from_image(vmlinux)
@@ -328,9 +328,9 @@ fn reads_files_from_a_disk_and_enforces_read_only() {
         .arg("8M")
         .status();
     if !mkfs.is_ok_and(|s| s.success()) {
-        eprintln!(
-            "SKIPPED reads_files_from_a_disk_and_enforces_read_only: mkfs.ext4 (e2fsprogs) is unavailable"
-        );
+        common::skipped(format_args!(
+            "reads_files_from_a_disk_and_enforces_read_only: mkfs.ext4 (e2fsprogs) is unavailable"
+        ));
         return;
     }
     let scratch = dir.join("scratch.raw");
@@ -374,4 +374,66 @@ fn reads_files_from_a_disk_and_enforces_read_only() {
         "nothing written before sector 3"
     );
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A kernel built by `lab/minikernel` (tinyconfig plus virtio-mmio, vsock, virtio-blk, serial and
+/// ACPI built in, no modules): `$ZONES_MINI_KERNEL_DIR` or `target/minikernel`.
+fn minimal_kernel_dir() -> std::path::PathBuf {
+    std::env::var_os("ZONES_MINI_KERNEL_DIR").map_or_else(
+        || std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/minikernel"),
+        Into::into,
+    )
+}
+
+#[test]
+fn boots_a_minimal_kernel_with_drivers_built_in() {
+    require_linux!();
+    let dir = minimal_kernel_dir();
+    let images = [dir.join("bzImage"), dir.join("vmlinux")];
+    if !images.iter().all(|p| p.is_file()) {
+        common::skipped(format_args!(
+            "boots_a_minimal_kernel_with_drivers_built_in: no {} and {}; build them with lab/minikernel",
+            images[0].display(),
+            images[1].display()
+        ));
+        return;
+    }
+    let disk_dir = std::env::temp_dir().join(format!("zones-mini-{}", std::process::id()));
+    std::fs::create_dir_all(&disk_dir).unwrap();
+    let raw = disk_dir.join("disk.raw");
+    let mut image = vec![0u8; 64 << 10];
+    image[512..512 + 17].copy_from_slice(b"minimal-disk-data");
+    std::fs::write(&raw, &image).unwrap();
+    for kernel in &images {
+        // No modules directory: the drivers must be built in.
+        let boot = LinuxBoot::new(kernel)
+            .busybox()
+            .disk(zones::Disk::raw(&raw).read_only(true))
+            .hide_xsave(std::env::var("ZONES_LAB").is_ok());
+        let zone = zone(boot, 2, 128);
+        let out = run(
+            &zone,
+            &sh(
+                "uname -r; grep -c ^processor /proc/cpuinfo; dd if=/dev/vda bs=512 skip=1 count=1 2>/dev/null | head -c 17",
+            ),
+        );
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        let lines: Vec<&str> = stdout.lines().collect();
+        assert!(
+            lines.len() == 3 && lines[0].starts_with("6.") && lines[1] == "2",
+            "{}: stdout {stdout:?} stderr {:?}",
+            kernel.display(),
+            text(&out.stderr)
+        );
+        assert_eq!(lines[2], "minimal-disk-data", "{}", kernel.display());
+        let status = run(&zone, &sh("exit 7")).status;
+        assert_eq!(status.code(), Some(7));
+        // The guest panics on request: the zone reports it.
+        let _ = zone.exec(&sh("echo c > /proc/sysrq-trigger"));
+        match zone.wait() {
+            ZoneExit::Panicked(line) => assert!(line.contains("sysrq"), "{line}"),
+            other => panic!("{}: expected a panic, got {other:?}", kernel.display()),
+        }
+    }
+    std::fs::remove_dir_all(&disk_dir).unwrap();
 }
