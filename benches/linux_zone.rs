@@ -120,12 +120,17 @@ fn peer_initramfs(dir: &std::path::Path) -> Option<std::path::PathBuf> {
         .then_some(out)
 }
 
-fn report_boot() {
+/// `build()` -> agent ping and -> first exec answer for 10 zones booted with `boot`: medians.
+fn boot_medians(label: &str, boot: impl Fn() -> LinuxBoot) -> (Duration, Duration) {
     let mut to_ping = Vec::new();
     let mut to_exec = Vec::new();
     for _ in 0..10 {
         let t = Instant::now();
-        let zone = zone();
+        let zone = Zone::builder()
+            .memory_mib(256)
+            .linux(boot())
+            .build()
+            .expect("Linux zone");
         zone.wait_ready(Duration::from_secs(300))
             .expect("agent ready");
         to_ping.push(t.elapsed());
@@ -133,39 +138,70 @@ fn report_boot() {
         assert!(out.status.success());
         to_exec.push(t.elapsed());
         eprintln!(
-            "  boot {}: ping {:?}, first exec {:?}",
+            "  {label} boot {}: ping {:?}, first exec {:?}",
             to_exec.len(),
             to_ping[to_ping.len() - 1],
             t.elapsed()
         );
     }
     let (ping, exec) = (median(to_ping), median(to_exec));
-    println!("boot: build() -> agent ping answered, median of 10: {ping:?}");
-    println!("boot: build() -> first exec answered, median of 10: {exec:?}");
+    println!("boot ({label}): build() -> agent ping answered, median of 10: {ping:?}");
+    println!("boot ({label}): build() -> first exec answered, median of 10: {exec:?}");
+    (ping, exec)
+}
+
+/// QEMU `-M microvm` booting `kernel` to a printing /init, median of 10, beside `exec`.
+fn report_peer(label: &str, kernel: &str, initramfs: Option<&std::path::Path>, exec: Duration) {
+    let Some(initramfs) = initramfs else {
+        println!("peer ({label}): SKIPPED (busybox, cpio or qemu missing)");
+        return;
+    };
+    let runs: Vec<Duration> = (0..10)
+        .filter_map(|_| qemu_microvm_boot(kernel, initramfs))
+        .collect();
+    if runs.len() < 10 {
+        println!(
+            "peer ({label}): qemu -M microvm did not complete 10 boots ({} did)",
+            runs.len()
+        );
+        return;
+    }
+    let peer = median(runs);
+    println!(
+        "peer ({label}): qemu -M microvm, same kernel, spawn -> /init prints, median of 10: {peer:?}"
+    );
+    println!(
+        "ratio ({label}): zones first exec / qemu microvm init = {:.2}",
+        exec.as_secs_f64() / peer.as_secs_f64()
+    );
+}
+
+fn report_boot() {
     let dir = std::env::temp_dir().join(format!("zones-peer-{}", std::process::id()));
-    let kernel = zones_kernel_path();
-    match peer_initramfs(&dir) {
-        Some(initramfs) => {
-            let runs: Vec<Duration> = (0..10)
-                .filter_map(|_| qemu_microvm_boot(&kernel, &initramfs))
-                .collect();
-            if runs.len() == 10 {
-                let peer = median(runs);
-                println!(
-                    "peer: qemu -M microvm, same kernel, spawn -> /init prints, median of 10: {peer:?}"
-                );
-                println!(
-                    "ratio: zones first exec / qemu microvm init = {:.2}",
-                    exec.as_secs_f64() / peer.as_secs_f64()
-                );
-            } else {
-                println!(
-                    "peer: qemu -M microvm did not complete 10 boots ({} did)",
-                    runs.len()
-                );
-            }
-        }
-        None => println!("peer: SKIPPED (busybox, cpio or qemu missing)"),
+    let initramfs = peer_initramfs(&dir);
+    let (_, exec) = boot_medians("Debian kernel", boot);
+    report_peer(
+        "Debian kernel",
+        &zones_kernel_path(),
+        initramfs.as_deref(),
+        exec,
+    );
+    // The kernel lab/minikernel builds: drivers built in, no modules.
+    let mini = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/minikernel/bzImage");
+    if mini.is_file() {
+        let (_, exec) = boot_medians("minimal kernel", || {
+            LinuxBoot::new(&mini)
+                .busybox()
+                .hide_xsave(std::env::var("ZONES_LAB").is_ok())
+        });
+        report_peer(
+            "minimal kernel",
+            &mini.display().to_string(),
+            initramfs.as_deref(),
+            exec,
+        );
+    } else {
+        println!("boot (minimal kernel): SKIPPED (build it with lab/minikernel)");
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
