@@ -452,7 +452,11 @@ impl ZoneHandle {
             .ok_or_else(|| ExecError::NoAgent { zone: zone() })?;
         let started = Instant::now();
         let deadline = started + ready;
-        let mut pause = Duration::from_millis(5);
+        // A connection attempt made before the guest's vsock driver is up waits in the device
+        // until it is; after that, each refused attempt is one round trip through the guest, so
+        // retrying often is cheap, and a short cap keeps the wait after the agent starts
+        // listening short (it averages half the cap).
+        let mut pause = Duration::from_millis(2);
         loop {
             if let Some(exit) = self.ended_exit() {
                 return Err(ExecError::ZoneStopped { zone: zone(), exit });
@@ -462,7 +466,7 @@ impl ZoneHandle {
                 // Not listening yet (still booting): try again shortly.
                 Err(VsockError::Refused | VsockError::Reset) if Instant::now() < deadline => {
                     std::thread::sleep(pause);
-                    pause = (pause * 2).min(Duration::from_millis(100));
+                    pause = (pause * 2).min(Duration::from_millis(10));
                 }
                 Err(VsockError::Closed(_)) => {
                     let exit = self
