@@ -119,8 +119,15 @@ fn unreadable_kvm_device_is_explained() {
     // Root can open anything: as root, run this test again in a child as an unprivileged user.
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } == 0 {
+        use std::os::unix::fs::PermissionsExt;
         use std::os::unix::process::CommandExt;
-        let exe = std::env::current_exe().unwrap();
+        // A copy the unprivileged user can reach: the build directory may be private.
+        let dir = std::env::temp_dir().join(format!("zones-perm-exe-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::set_permissions(&dir, PermissionsExt::from_mode(0o755)).unwrap();
+        let exe = dir.join("build_errors");
+        std::fs::copy(std::env::current_exe().unwrap(), &exe).unwrap();
+        std::fs::set_permissions(&exe, PermissionsExt::from_mode(0o755)).unwrap();
         let child = std::process::Command::new(&exe)
             .args([
                 "--exact",
@@ -131,6 +138,7 @@ fn unreadable_kvm_device_is_explained() {
             .uid(UNPRIVILEGED)
             .gid(UNPRIVILEGED)
             .output();
+        std::fs::remove_dir_all(&dir).unwrap();
         match child {
             Ok(out) => {
                 let stdout = String::from_utf8_lossy(&out.stdout);
