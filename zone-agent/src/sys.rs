@@ -55,6 +55,22 @@ mod nr {
     pub const MOUNT: usize = 165;
     pub const ACCEPT4: usize = 288;
     pub const FINIT_MODULE: usize = 313;
+    pub const POLL: usize = 7;
+}
+
+/// `poll` event: data to read (or end of file).
+const POLLIN: i16 = 1;
+/// `poll` event: the writing side closed.
+const POLLHUP: i16 = 0x10;
+/// `poll` event: an error on the descriptor.
+const POLLERR: i16 = 8;
+
+/// `struct pollfd` from `<poll.h>`.
+#[repr(C)]
+struct PollFd {
+    fd: i32,
+    events: i16,
+    revents: i16,
 }
 
 /// `struct sockaddr_vm` from `<linux/vm_sockets.h>` (16 bytes).
@@ -264,6 +280,31 @@ pub fn shutdown(fd: BorrowedFd<'_>, how: i32) -> io::Result<()> {
         )
     };
     check(ret).map(drop)
+}
+
+/// `poll(2)` on one descriptor: whether a read would not block (data, end of file or an error)
+/// within `timeout` (rounded up to a whole millisecond; zero checks without waiting). An
+/// interrupted wait counts as "not yet".
+pub fn readable_within(fd: BorrowedFd<'_>, timeout: std::time::Duration) -> io::Result<bool> {
+    let mut pfd = PollFd {
+        fd: fd.as_raw_fd(),
+        events: POLLIN,
+        revents: 0,
+    };
+    let ms = timeout.as_nanos().div_ceil(1_000_000).min(i32::MAX as u128) as usize;
+    // SAFETY: `pfd` is one live, writable pollfd for the whole call, and we pass a count of 1.
+    let ret = unsafe {
+        syscall6(
+            nr::POLL,
+            [std::ptr::from_mut(&mut pfd) as usize, 1, ms, 0, 0, 0],
+        )
+    };
+    match check(ret) {
+        Ok(0) => Ok(false),
+        Ok(_) => Ok(pfd.revents & (POLLIN | POLLHUP | POLLERR) != 0),
+        Err(e) if is_errno(&e, EINTR) => Ok(false),
+        Err(e) => Err(e),
+    }
 }
 
 /// `kill(2)`: sends `sig` to process `pid`; a negative `pid` means the process group `-pid`
