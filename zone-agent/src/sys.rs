@@ -241,16 +241,17 @@ pub fn bind(fd: BorrowedFd<'_>, addr: &SockaddrVm) -> io::Result<()> {
     check(ret).map(drop)
 }
 
+/// A system call that takes a descriptor and one integer and passes no memory.
+fn fd_and_int(nr: usize, fd: BorrowedFd<'_>, arg: i32) -> io::Result<()> {
+    // SAFETY: `nr` is one of `listen` and `shutdown` (the callers below), whose arguments are a
+    // borrowed descriptor and an integer: no memory is passed, nothing is closed or mapped.
+    let ret = unsafe { syscall6(nr, [fd.as_raw_fd() as usize, arg as usize, 0, 0, 0, 0]) };
+    check(ret).map(drop)
+}
+
 /// `listen(2)`.
 pub fn listen(fd: BorrowedFd<'_>, backlog: i32) -> io::Result<()> {
-    // SAFETY: a borrowed descriptor and an integer; no memory is passed.
-    let ret = unsafe {
-        syscall6(
-            nr::LISTEN,
-            [fd.as_raw_fd() as usize, backlog as usize, 0, 0, 0, 0],
-        )
-    };
-    check(ret).map(drop)
+    fd_and_int(nr::LISTEN, fd, backlog)
 }
 
 /// `accept4(2)` without the peer address; retried on `EINTR`. The new connection is owned by
@@ -272,31 +273,22 @@ pub fn accept4(fd: BorrowedFd<'_>, flags: i32) -> io::Result<OwnedFd> {
 
 /// `shutdown(2)`: ends one or both directions of a connected socket.
 pub fn shutdown(fd: BorrowedFd<'_>, how: i32) -> io::Result<()> {
-    // SAFETY: a borrowed descriptor and an integer; no memory is passed.
-    let ret = unsafe {
-        syscall6(
-            nr::SHUTDOWN,
-            [fd.as_raw_fd() as usize, how as usize, 0, 0, 0, 0],
-        )
-    };
-    check(ret).map(drop)
+    fd_and_int(nr::SHUTDOWN, fd, how)
 }
 
-/// `poll(2)` on one descriptor: whether a read would not block (data, end of file or an error)
-/// within `timeout` (rounded up to a whole millisecond; zero checks without waiting). An
-/// interrupted wait counts as "not yet".
-pub fn readable_within(fd: BorrowedFd<'_>, timeout: std::time::Duration) -> io::Result<bool> {
+/// `poll(2)` on one descriptor with a zero timeout: whether a read would not block now (data,
+/// end of file or an error). An interrupted call counts as "not yet".
+pub fn readable_now(fd: BorrowedFd<'_>) -> io::Result<bool> {
     let mut pfd = PollFd {
         fd: fd.as_raw_fd(),
         events: POLLIN,
         revents: 0,
     };
-    let ms = timeout.as_nanos().div_ceil(1_000_000).min(i32::MAX as u128) as usize;
     // SAFETY: `pfd` is one live, writable pollfd for the whole call, and we pass a count of 1.
     let ret = unsafe {
         syscall6(
             nr::POLL,
-            [std::ptr::from_mut(&mut pfd) as usize, 1, ms, 0, 0, 0],
+            [std::ptr::from_mut(&mut pfd) as usize, 1, 0, 0, 0, 0],
         )
     };
     match check(ret) {

@@ -255,7 +255,7 @@ fn pump<R: Read + AsFd>(session: &Session, mut src: R, kind: u8) {
 /// Returns the bytes held and whether the source ended.
 fn drain<R: Read + AsFd>(src: &mut R, buf: &mut [u8], mut filled: usize) -> (usize, bool) {
     while filled < buf.len() {
-        if !sys::readable_within(src.as_fd(), Duration::ZERO).unwrap_or(false) {
+        if !sys::readable_now(src.as_fd()).unwrap_or(false) {
             break;
         }
         match read_some(src, &mut buf[filled..]) {
