@@ -29,6 +29,8 @@ pub mod linux;
 mod memory;
 mod metrics;
 pub mod micro;
+#[cfg(test)]
+mod testing;
 mod vcpu;
 mod vmm;
 mod zone;
