@@ -20,17 +20,22 @@ use std::time::{Duration, Instant};
 use zones::prelude::*;
 use zones::{Command, LinuxBoot};
 
-fn boot() -> LinuxBoot {
-    LinuxBoot::host_kernel()
-        .expect("a kernel in /boot")
+/// `kernel` with a busybox userland, XSAVE hidden in the lab (its SVM does not virtualize XSETBV).
+fn with_userland(kernel: LinuxBoot) -> LinuxBoot {
+    kernel
         .busybox()
         .hide_xsave(std::env::var("ZONES_LAB").is_ok())
 }
 
-fn zone() -> Zone {
+/// The host's kernel and its modules.
+fn boot() -> LinuxBoot {
+    with_userland(LinuxBoot::host_kernel().expect("a kernel in /boot"))
+}
+
+fn zone(boot: LinuxBoot) -> Zone {
     Zone::builder()
         .memory_mib(256)
-        .linux(boot())
+        .linux(boot)
         .build()
         .expect("Linux zone")
 }
@@ -131,11 +136,7 @@ fn boot_medians(label: &str, boot: impl Fn() -> LinuxBoot) -> (Duration, Duratio
     let mut to_exec = Vec::new();
     for _ in 0..10 {
         let t = Instant::now();
-        let zone = Zone::builder()
-            .memory_mib(256)
-            .linux(boot())
-            .build()
-            .expect("Linux zone");
+        let zone = zone(boot());
         zone.wait_ready(Duration::from_secs(300))
             .expect("agent ready");
         to_ping.push(t.elapsed());
@@ -194,11 +195,7 @@ fn report_boot() {
     // The kernel lab/minikernel builds: drivers built in, no modules.
     let mini = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/minikernel/bzImage");
     if mini.is_file() {
-        let (_, exec) = boot_medians("minimal kernel", || {
-            LinuxBoot::new(&mini)
-                .busybox()
-                .hide_xsave(std::env::var("ZONES_LAB").is_ok())
-        });
+        let (_, exec) = boot_medians("minimal kernel", || with_userland(LinuxBoot::new(&mini)));
         report_peer(
             "minimal kernel",
             &mini.display().to_string(),
@@ -224,7 +221,7 @@ fn zones_kernel_path() -> String {
 
 fn report_memory_and_throughput() {
     let rss_before = rss_kib();
-    let zone = zone();
+    let zone = zone(boot());
     zone.wait_ready(Duration::from_secs(300))
         .expect("agent ready");
     assert!(
@@ -289,7 +286,7 @@ fn report_memory_and_throughput() {
 }
 
 fn exec_latency(c: &mut Criterion) {
-    let zone = zone();
+    let zone = zone(boot());
     zone.wait_ready(Duration::from_secs(300))
         .expect("agent ready");
     let mut g = c.benchmark_group("linux_zone");

@@ -31,12 +31,17 @@ macro_rules! require_linux {
     };
 }
 
-fn boot() -> LinuxBoot {
-    LinuxBoot::host_kernel()
-        .expect("a kernel in /boot")
+/// `kernel` with a busybox userland, XSAVE hidden in the lab (QEMU's software SVM does not
+/// virtualize XSETBV).
+fn with_userland(kernel: LinuxBoot) -> LinuxBoot {
+    kernel
         .busybox()
-        // QEMU's software SVM (the lab) does not virtualize XSETBV.
         .hide_xsave(std::env::var("ZONES_LAB").is_ok())
+}
+
+/// The host's kernel and its modules.
+fn boot() -> LinuxBoot {
+    with_userland(LinuxBoot::host_kernel().expect("a kernel in /boot"))
 }
 
 fn zone(boot: LinuxBoot, vcpus: u32, memory_mib: u64) -> Zone {
@@ -303,10 +308,9 @@ fn boots_an_elf_vmlinux_too() {
         ));
         return;
     };
-    let boot = LinuxBoot::from_image(vmlinux)
-        .modules_dir(format!("/lib/modules/{version}"))
-        .busybox()
-        .hide_xsave(std::env::var("ZONES_LAB").is_ok());
+    let boot = with_userland(
+        LinuxBoot::from_image(vmlinux).modules_dir(format!("/lib/modules/{version}")),
+    );
     let zone = zone(boot, 1, 256);
     let uname = run(&zone, &Command::new("uname").arg("-r"));
     assert_eq!(text(&uname.stdout), version);
@@ -406,10 +410,8 @@ fn boots_a_minimal_kernel_with_drivers_built_in() {
     std::fs::write(&raw, &image).unwrap();
     for kernel in &images {
         // No modules directory: the drivers must be built in.
-        let boot = LinuxBoot::new(kernel)
-            .busybox()
-            .disk(zones::Disk::raw(&raw).read_only(true))
-            .hide_xsave(std::env::var("ZONES_LAB").is_ok());
+        let boot =
+            with_userland(LinuxBoot::new(kernel)).disk(zones::Disk::raw(&raw).read_only(true));
         let zone = zone(boot, 2, 128);
         let out = run(
             &zone,
