@@ -2,6 +2,7 @@
 
 mod common;
 
+use std::os::unix::fs::PermissionsExt;
 use zones::prelude::*;
 use zones::{HostFnNameError, KvmError};
 
@@ -119,7 +120,6 @@ fn unreadable_kvm_device_is_explained() {
     // Root can open anything: as root, run this test again in a child as an unprivileged user.
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } == 0 {
-        use std::os::unix::fs::PermissionsExt;
         use std::os::unix::process::CommandExt;
         // A copy the unprivileged user can reach: the build directory may be private.
         let dir = std::env::temp_dir().join(format!("zones-perm-exe-{}", std::process::id()));
@@ -158,7 +158,7 @@ fn unreadable_kvm_device_is_explained() {
     }
     let dir = std::env::temp_dir().join(format!("zones-perm-{}", std::process::id()));
     std::fs::write(&dir, b"").unwrap();
-    std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o000)).unwrap();
+    std::fs::set_permissions(&dir, PermissionsExt::from_mode(0o000)).unwrap();
     let err = build_with_kvm_device(&dir);
     std::fs::remove_file(&dir).unwrap();
     assert!(
