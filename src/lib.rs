@@ -27,8 +27,8 @@ pub use zone_core::*;
 /// The types most programs need.
 pub mod prelude {
     pub use zone_core::{
-        BuildError, ControlError, EventStream, Fault, GuestProgram, HostCall, HostFnError,
-        HostFnResult, Violation, Zone, ZoneBuilder, ZoneEvent, ZoneExit, ZoneHandle, ZoneMetrics,
-        ZoneState,
+        BuildError, ControlError, Denial, EventStream, Evidence, Fault, GuestProgram, HostCall,
+        HostFnError, HostFnResult, Violation, Zone, ZoneBuilder, ZoneEvent, ZoneExit, ZoneHandle,
+        ZoneMetrics, ZoneState,
     };
 }

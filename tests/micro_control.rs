@@ -199,3 +199,138 @@ fn handles_outlive_the_zone() {
     ));
     assert!(handle.metrics().uptime > Duration::ZERO);
 }
+
+/// A resume from another thread while a pause waits for a vCPU that is inside a host function
+/// ends that pause: control calls always return.
+#[test]
+fn a_resume_racing_a_pending_pause_lets_the_pause_return() {
+    require_kvm!();
+    let (arrived, release) = (Arc::new(Mutex::new(false)), Arc::new(Condvar::new()));
+    let (a, r) = (arrived.clone(), release.clone());
+    let zone = Zone::builder()
+        .memory_mib(8)
+        .micro(guest!("RENDEZVOUS"))
+        .host_fn_u64("arrive", move |_| {
+            let mut st = a.lock().unwrap();
+            *st = true;
+            r.notify_all();
+            // Stay inside the host function until the test says so.
+            let _ = r.wait_timeout_while(st, Duration::from_secs(30), |st| *st);
+            7
+        })
+        .build()
+        .unwrap();
+    let st = release
+        .wait_timeout_while(arrived.lock().unwrap(), Duration::from_secs(10), |st| !*st)
+        .unwrap()
+        .0;
+    assert!(*st, "the guest never called arrive");
+    drop(st);
+    let pauser = {
+        let handle = zone.handle();
+        std::thread::spawn(move || handle.pause())
+    };
+    std::thread::sleep(Duration::from_millis(50));
+    assert!(
+        !pauser.is_finished(),
+        "pause waits for the vCPU in the host function"
+    );
+    zone.resume().unwrap();
+    let until = Instant::now() + common::scaled(Duration::from_secs(2));
+    while !pauser.is_finished() {
+        assert!(
+            Instant::now() < until,
+            "pause still blocked after the resume"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert_eq!(pauser.join().unwrap(), Ok(()));
+    assert_eq!(zone.state(), ZoneState::Running);
+    *arrived.lock().unwrap() = false;
+    release.notify_all();
+    assert_eq!(
+        zone.wait_timeout(common::scaled(Duration::from_secs(10))),
+        Some(ZoneExit::Exited(7))
+    );
+}
+
+/// Host functions that pause and resume their own zone, called at once from 2 and 4 vCPUs.
+#[test]
+fn host_functions_pausing_their_own_zone_from_several_vcpus_do_not_deadlock() {
+    require_kvm!();
+    for vcpus in [2u32, 4] {
+        let me: Arc<std::sync::OnceLock<ZoneHandle>> = Arc::default();
+        let slot = me.clone();
+        let zone = Zone::builder()
+            .memory_mib(16)
+            .vcpus(vcpus)
+            .micro(guest!("MULTI"))
+            .host_fn_u64("checkin", move |_| {
+                let zone = slot.get().expect("handle set before resume");
+                zone.pause().expect("pause from a host function");
+                zone.resume().expect("resume from a host function");
+                0
+            })
+            .start_paused(true)
+            .build()
+            .unwrap();
+        let _ = me.set(zone.handle());
+        zone.resume().unwrap();
+        let exit = zone.wait_timeout(common::scaled(Duration::from_secs(10)));
+        assert_eq!(
+            exit,
+            Some(ZoneExit::Exited(vcpus as i32)),
+            "{vcpus} vCPUs: state {:?}",
+            zone.state()
+        );
+    }
+}
+
+#[test]
+fn quarantine_freezes_the_zone_keeps_evidence_and_holds_until_released() {
+    require_kvm!();
+    let (zone, counter) = common::spinning_zone(Zone::builder().memory_mib(8));
+    let dump = std::env::temp_dir().join(format!("zones-quarantine-{}", std::process::id()));
+    let evidence = zone
+        .quarantine_with(zones::QuarantineOptions::default().memory_dump(&dump))
+        .unwrap();
+    assert_eq!(zone.state(), ZoneState::Quarantined);
+    let frozen = common::read_u64(&zone, counter);
+    std::thread::sleep(Duration::from_millis(30));
+    assert_eq!(common::read_u64(&zone, counter), frozen, "still running");
+    assert!(matches!(
+        zone.resume(),
+        Err(ControlError::Quarantined { .. })
+    ));
+    assert_eq!(evidence.zone, zone.name());
+    assert_eq!(
+        evidence.recent_events.last(),
+        Some(&ZoneEvent::Quarantined),
+        "{:?}",
+        evidence.recent_events
+    );
+    assert!(evidence.metrics.vcpu_run_time > Duration::ZERO);
+    let taken = evidence.memory_dump.expect("a dump was asked for");
+    assert_eq!((taken.bytes, taken.error), (8 << 20, None));
+    let bytes = std::fs::read(&dump).unwrap();
+    std::fs::remove_file(&dump).unwrap();
+    let at = counter as usize;
+    let dumped = u64::from_le_bytes(bytes[at..at + 8].try_into().unwrap());
+    assert_eq!(dumped, frozen, "the dump holds the frozen counter");
+    zone.release().unwrap();
+    assert_eq!(zone.state(), ZoneState::Running);
+    let until = Instant::now() + common::scaled(Duration::from_secs(2));
+    while common::read_u64(&zone, counter) == frozen {
+        assert!(
+            Instant::now() < until,
+            "the counter did not move after release"
+        );
+        std::thread::yield_now();
+    }
+    zone.kill();
+    assert_eq!(zone.wait(), ZoneExit::Killed);
+    assert!(
+        zone.quarantine().is_err(),
+        "an ended zone cannot be quarantined"
+    );
+}

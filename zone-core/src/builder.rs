@@ -2,6 +2,7 @@
 //! checked without KVM is checked before KVM is touched.
 
 use crate::console::{ConsoleSink, DEFAULT_CONSOLE_LIMIT};
+use crate::device::{AttachError, Attachment};
 use crate::host_fn::{HostCall, HostFnNameError, HostFnResult, HostFunctions, u64_adapter};
 use crate::kvm::{DEFAULT_KVM_PATH, KvmError};
 use crate::linux::LinuxBoot;
@@ -136,6 +137,27 @@ pub enum BuildError {
         #[source]
         source: crate::linux::LinuxError,
     },
+    /// A device was granted to a zone that cannot have it.
+    #[error(
+        "zone {zone}: a {kind} device needs a Linux zone (.linux(LinuxBoot::..)); micro zones have no devices"
+    )]
+    DeviceNeedsLinux {
+        /// The zone.
+        zone: String,
+        /// The kind of device.
+        kind: &'static str,
+    },
+    /// A device could not be prepared or attached.
+    #[error("zone {zone}: device {device}: {source}")]
+    Attach {
+        /// The zone.
+        zone: String,
+        /// The device's name in the zone (`net0`, ...).
+        device: String,
+        /// Why.
+        #[source]
+        source: AttachError,
+    },
     /// A vCPU thread could not be started.
     #[error("zone {zone}: cannot start a vCPU thread: {source}")]
     Thread {
@@ -174,6 +196,7 @@ pub struct ZoneBuilder {
     console_sink: Option<ConsoleSink>,
     kvm_path: PathBuf,
     start_paused: bool,
+    attachments: Vec<Box<dyn Attachment>>,
 }
 
 impl Default for ZoneBuilder {
@@ -190,6 +213,7 @@ impl Default for ZoneBuilder {
             console_sink: None,
             kvm_path: PathBuf::from(DEFAULT_KVM_PATH),
             start_paused: false,
+            attachments: Vec::new(),
         }
     }
 }
@@ -201,6 +225,14 @@ impl std::fmt::Debug for ZoneBuilder {
             .field("memory_mib", &self.memory_mib)
             .field("vcpus", &self.vcpus)
             .field("host_functions", &self.functions)
+            .field(
+                "devices",
+                &self
+                    .attachments
+                    .iter()
+                    .map(|a| a.kind())
+                    .collect::<Vec<_>>(),
+            )
             .finish_non_exhaustive()
     }
 }
@@ -290,6 +322,13 @@ impl ZoneBuilder {
         self
     }
 
+    /// Grants the zone a device (see [`crate::device`]). Builder extensions such as zone-net's
+    /// `.net(..)` call this; a zone has no device it was not granted.
+    pub fn attach(mut self, attachment: impl Attachment) -> Self {
+        self.attachments.push(Box::new(attachment));
+        self
+    }
+
     /// Validates the description, creates the VM and starts its vCPUs.
     pub fn build(self) -> Result<Zone, BuildError> {
         let id = NEXT_ZONE_ID.fetch_add(1, Ordering::Relaxed);
@@ -321,8 +360,16 @@ impl ZoneBuilder {
             None => Err(BuildError::NoPayload {
                 zone: settings.zone,
             }),
-            Some(Payload::Micro(program)) => micro::build(&settings, &program, self.functions),
-            Some(Payload::Linux(boot)) => crate::linux::build(&settings, &boot, self.functions),
+            Some(Payload::Micro(program)) => match self.attachments.first() {
+                Some(device) => Err(BuildError::DeviceNeedsLinux {
+                    zone: settings.zone,
+                    kind: device.kind(),
+                }),
+                None => micro::build(&settings, &program, self.functions),
+            },
+            Some(Payload::Linux(boot)) => {
+                crate::linux::build(&settings, &boot, self.functions, self.attachments)
+            }
         }
     }
 }

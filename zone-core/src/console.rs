@@ -64,6 +64,12 @@ impl ConsoleBuffer {
     pub(crate) fn snapshot(&self) -> Vec<u8> {
         self.data.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
+
+    /// The last `n` captured bytes.
+    pub(crate) fn tail(&self, n: usize) -> Vec<u8> {
+        let data = self.data.lock().unwrap_or_else(|e| e.into_inner());
+        data[data.len().saturating_sub(n)..].to_vec()
+    }
 }
 
 #[cfg(test)]
@@ -104,6 +110,8 @@ mod tests {
             }
         );
         assert_eq!(c.snapshot(), b"hellowor");
+        assert_eq!(c.tail(3), b"wor");
+        assert_eq!(c.tail(100), b"hellowor");
         assert_eq!(seen.load(Ordering::Relaxed), 12, "the sink sees every byte");
     }
 }

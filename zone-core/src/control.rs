@@ -14,8 +14,11 @@ const PAUSE: u32 = 2;
 pub enum ZoneState {
     /// vCPUs are running (or about to).
     Running,
-    /// Paused: no vCPU runs guest code until resumed.
+    /// Paused: no vCPU runs guest code and no device moves data until resumed.
     Paused,
+    /// Quarantined: paused, its devices cut off, until [`release`](crate::ZoneHandle::release)
+    /// or a kill.
+    Quarantined,
     /// Stopping: an exit was decided and vCPUs are leaving.
     Stopping(ZoneExit),
     /// Ended: every vCPU has left.
@@ -24,6 +27,7 @@ pub enum ZoneState {
 
 /// Why a control request could not be carried out.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum ControlError {
     /// The zone already stopped.
     #[error("zone {zone} has already stopped ({exit})")]
@@ -33,13 +37,40 @@ pub enum ControlError {
         /// How it stopped.
         exit: ZoneExit,
     },
+    /// The zone is quarantined: only `release()` (or a kill) lets it run again.
+    #[error("zone {zone} is quarantined; call release() to let it run again, or kill() it")]
+    Quarantined {
+        /// The zone.
+        zone: String,
+    },
+}
+
+/// Why a control request was refused by the state machine.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Refused {
+    Ended(ZoneExit),
+    Quarantined,
+}
+
+/// How a wait for parked vCPUs ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Parked {
+    /// Every vCPU is parked (or finished).
+    All,
+    /// A later resume came first: the zone runs again.
+    Overtaken,
 }
 
 #[derive(Debug)]
 struct State {
     paused: bool,
+    quarantined: bool,
+    /// Counts pause and resume requests, so that a pause overtaken by a resume knows it.
+    epoch: u64,
     exit: Option<ZoneExit>,
     vcpus: u32,
+    /// vCPUs parked at a checkpoint, or inside a pause they called themselves (a host function
+    /// that pauses its own zone): neither runs guest code.
     parked: u32,
     finished: u32,
 }
@@ -64,6 +95,8 @@ impl Control {
             flags: AtomicU32::new(if start_paused { PAUSE } else { 0 }),
             state: Mutex::new(State {
                 paused: start_paused,
+                quarantined: false,
+                epoch: 0,
                 exit: None,
                 vcpus,
                 parked: 0,
@@ -127,43 +160,83 @@ impl Control {
         true
     }
 
-    /// Requests a pause; the caller kicks every vCPU, then calls [`Control::wait_parked`].
-    pub(crate) fn request_pause(&self) -> Result<bool, ZoneExit> {
+    /// Requests a pause (`quarantine`: and quarantines the zone); the caller kicks every vCPU,
+    /// then calls [`Control::wait_parked`] with the returned epoch. Returns whether the zone was
+    /// running.
+    pub(crate) fn request_pause(&self, quarantine: bool) -> Result<(bool, u64), ZoneExit> {
         let mut st = self.lock();
         if let Some(exit) = &st.exit {
             return Err(exit.clone());
         }
         let was = st.paused;
         st.paused = true;
+        st.quarantined |= quarantine;
+        st.epoch += 1;
         self.flags.fetch_or(PAUSE, Ordering::SeqCst);
-        Ok(!was)
+        Ok((!was, st.epoch))
     }
 
-    /// Waits until every vCPU (but `except` of them, the caller's own) is parked or finished.
-    pub(crate) fn wait_parked(&self, except: u32) -> Result<(), ZoneExit> {
+    /// Waits until every vCPU is parked or finished, or until a resume overtakes the pause of
+    /// `epoch` (a pause overtaken by another pause goes on waiting). `own_vcpu`: the caller is a
+    /// vCPU thread of this zone (a host function); it counts as parked while it waits, so that
+    /// vCPUs pausing their own zone at once never wait for each other.
+    pub(crate) fn wait_parked(&self, epoch: u64, own_vcpu: bool) -> Result<Parked, ZoneExit> {
         let mut st = self.lock();
-        loop {
+        if own_vcpu {
+            st.parked += 1;
+            self.cv.notify_all();
+        }
+        let outcome = loop {
             if let Some(exit) = &st.exit {
-                return Err(exit.clone());
+                break Err(exit.clone());
             }
-            if st.parked + st.finished + except >= st.vcpus {
-                return Ok(());
+            if st.epoch != epoch && !st.paused {
+                break Ok(Parked::Overtaken);
+            }
+            if st.parked + st.finished >= st.vcpus {
+                break Ok(Parked::All);
             }
             st = self.cv.wait(st).unwrap_or_else(|e| e.into_inner());
+        };
+        if own_vcpu {
+            st.parked -= 1;
         }
+        outcome
     }
 
-    /// Resumes a paused zone. Returns whether it was paused.
-    pub(crate) fn resume(&self) -> Result<bool, ZoneExit> {
+    /// Resumes a paused zone. Returns whether it was paused. Refused while quarantined.
+    pub(crate) fn resume(&self) -> Result<bool, Refused> {
+        self.unpause(false)
+    }
+
+    /// Ends a quarantine and resumes. Returns whether the zone was quarantined.
+    pub(crate) fn release(&self) -> Result<bool, Refused> {
+        self.unpause(true)
+    }
+
+    fn unpause(&self, release: bool) -> Result<bool, Refused> {
         let mut st = self.lock();
         if let Some(exit) = &st.exit {
-            return Err(exit.clone());
+            return Err(Refused::Ended(exit.clone()));
         }
-        let was = st.paused;
+        if st.quarantined && !release {
+            return Err(Refused::Quarantined);
+        }
+        let was = if release { st.quarantined } else { st.paused };
+        if release && !st.quarantined {
+            return Ok(false);
+        }
+        st.quarantined = false;
         st.paused = false;
+        st.epoch += 1;
         self.flags.fetch_and(!PAUSE, Ordering::SeqCst);
         self.cv.notify_all();
         Ok(was)
+    }
+
+    /// Whether the zone is meant to be paused now (devices follow this).
+    pub(crate) fn paused(&self) -> bool {
+        self.lock().paused
     }
 
     /// Waits for the zone to end, up to `deadline`.
@@ -195,6 +268,7 @@ impl Control {
         match &st.exit {
             Some(exit) if st.finished == st.vcpus => ZoneState::Ended(exit.clone()),
             Some(exit) => ZoneState::Stopping(exit.clone()),
+            None if st.quarantined => ZoneState::Quarantined,
             None if st.paused => ZoneState::Paused,
             None => ZoneState::Running,
         }
@@ -237,12 +311,13 @@ mod tests {
     #[test]
     fn pause_parks_vcpus_until_resume() {
         let c = Arc::new(Control::new(1, false));
-        assert_eq!(c.request_pause(), Ok(true));
+        let (newly, epoch) = c.request_pause(false).unwrap();
+        assert!(newly);
         let vcpu = {
             let c = c.clone();
             std::thread::spawn(move || c.checkpoint())
         };
-        c.wait_parked(0).unwrap();
+        assert_eq!(c.wait_parked(epoch, false), Ok(Parked::All));
         assert_eq!(c.state(), ZoneState::Paused);
         assert_eq!(c.resume(), Ok(true));
         assert_eq!(vcpu.join().unwrap(), Step::Run);
@@ -256,10 +331,79 @@ mod tests {
             let c = c.clone();
             std::thread::spawn(move || c.checkpoint())
         };
-        c.wait_parked(0).unwrap();
+        assert_eq!(c.wait_parked(0, false), Ok(Parked::All));
         c.stop(ZoneExit::Killed);
         assert_eq!(vcpu.join().unwrap(), Step::Stop);
-        assert_eq!(c.request_pause(), Err(ZoneExit::Killed));
-        assert_eq!(c.resume(), Err(ZoneExit::Killed));
+        assert_eq!(c.request_pause(false), Err(ZoneExit::Killed));
+        assert_eq!(c.resume(), Err(Refused::Ended(ZoneExit::Killed)));
+    }
+
+    /// A resume that comes while a pause waits for vCPUs (one is in a host function) ends that
+    /// wait: the pause returns, overtaken, instead of waiting for a park that never comes.
+    #[test]
+    fn a_racing_resume_ends_a_pending_pause() {
+        let c = Arc::new(Control::new(1, false));
+        let (_, epoch) = c.request_pause(false).unwrap();
+        let pauser = {
+            let c = c.clone();
+            std::thread::spawn(move || c.wait_parked(epoch, false))
+        };
+        std::thread::sleep(Duration::from_millis(10));
+        assert_eq!(c.resume(), Ok(true));
+        assert_eq!(pauser.join().unwrap(), Ok(Parked::Overtaken));
+        assert_eq!(c.state(), ZoneState::Running);
+        // A pause overtaken by another pause still waits for the vCPUs.
+        let (_, first) = c.request_pause(false).unwrap();
+        let (newly, _) = c.request_pause(false).unwrap();
+        assert!(!newly);
+        let vcpu = {
+            let c = c.clone();
+            std::thread::spawn(move || c.checkpoint())
+        };
+        assert_eq!(c.wait_parked(first, false), Ok(Parked::All));
+        c.resume().unwrap();
+        assert_eq!(vcpu.join().unwrap(), Step::Run);
+    }
+
+    /// Two (four) vCPUs pausing their own zone from host functions at once do not wait for each
+    /// other: each pause returns, each vCPU then parks at its next checkpoint.
+    #[test]
+    fn vcpus_pausing_their_own_zone_at_once_do_not_deadlock() {
+        for vcpus in [2u32, 4] {
+            let c = Arc::new(Control::new(vcpus, false));
+            let threads: Vec<_> = (0..vcpus)
+                .map(|_| {
+                    let c = c.clone();
+                    std::thread::spawn(move || {
+                        let (_, epoch) = c.request_pause(false).unwrap();
+                        let paused = c.wait_parked(epoch, true);
+                        // The host function returns; the vCPU reaches its checkpoint.
+                        (paused, c.checkpoint())
+                    })
+                })
+                .collect();
+            let (_, epoch) = c.request_pause(false).unwrap();
+            assert_eq!(c.wait_parked(epoch, false), Ok(Parked::All));
+            assert_eq!(c.state(), ZoneState::Paused);
+            c.resume().unwrap();
+            for t in threads {
+                let (paused, step) = t.join().unwrap();
+                // All, or overtaken by the resume above if it came before this pause looked.
+                assert!(paused.is_ok(), "{vcpus} vCPUs: {paused:?}");
+                assert_eq!(step, Step::Run);
+            }
+        }
+    }
+
+    #[test]
+    fn quarantine_refuses_resume_until_released() {
+        let c = Control::new(1, false);
+        c.request_pause(true).unwrap();
+        assert_eq!(c.state(), ZoneState::Quarantined);
+        assert_eq!(c.resume(), Err(Refused::Quarantined));
+        assert!(c.paused());
+        assert_eq!(c.release(), Ok(true));
+        assert_eq!(c.state(), ZoneState::Running);
+        assert_eq!(c.release(), Ok(false), "nothing to release");
     }
 }

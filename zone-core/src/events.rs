@@ -5,6 +5,7 @@
 //! vCPU.
 
 use crate::exit::ZoneExit;
+use std::collections::VecDeque;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
@@ -21,10 +22,57 @@ pub enum ZoneEvent {
     Paused,
     /// The zone was resumed.
     Resumed,
+    /// The zone was quarantined: paused, its devices cut off, evidence taken.
+    Quarantined,
+    /// The quarantine was released; the zone runs again.
+    Released,
     /// The zone stopped; every vCPU has left the guest.
     Stopped(ZoneExit),
     /// A policy the builder set was violated; the guest's request was refused.
     Violation(Violation),
+    /// A device's policy denied the guest something (a network flow, a DNS name).
+    Denied(Denial),
+}
+
+/// What a device's policy denied: which zone and device, under which rule, what was asked.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Denial {
+    /// The zone.
+    pub zone: String,
+    /// The device that enforced the policy (`net0`, ...).
+    pub device: String,
+    /// The rule that decided, as written (`deny private`), or `default deny`.
+    pub rule: String,
+    /// What was asked: `tcp`, `udp`, `icmp`, `dns`.
+    pub protocol: &'static str,
+    /// Where to: an address, or the name asked for.
+    pub destination: String,
+    /// The destination port, where there is one.
+    pub port: Option<u16>,
+    /// How many denials this event stands for: 1, or more when a flood was aggregated (the
+    /// device's counters are exact either way).
+    pub count: u64,
+}
+
+impl std::fmt::Display for Denial {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "zone {}: {} denied {} {}",
+            self.zone,
+            self.device,
+            self.protocol,
+            crate::text::escaped(&self.destination)
+        )?;
+        if let Some(port) = self.port {
+            write!(f, " port {port}")?;
+        }
+        write!(f, " ({})", self.rule)?;
+        if self.count > 1 {
+            write!(f, " x{}", self.count)?;
+        }
+        Ok(())
+    }
 }
 
 /// A refused guest request.
@@ -38,12 +86,16 @@ pub struct Violation {
     pub detail: String,
 }
 
+/// Events kept for [`EventBus::recent`] (quarantine evidence).
+pub(crate) const RECENT_EVENTS: usize = 256;
+
 /// Fan-out of events to subscribers.
 #[derive(Debug)]
 pub(crate) struct EventBus {
     subscribers: Mutex<Vec<SyncSender<ZoneEvent>>>,
     first: Mutex<Option<Receiver<ZoneEvent>>>,
     dropped: AtomicU64,
+    recent: Mutex<VecDeque<ZoneEvent>>,
 }
 
 impl EventBus {
@@ -55,7 +107,14 @@ impl EventBus {
             subscribers: Mutex::new(vec![tx]),
             first: Mutex::new(Some(rx)),
             dropped: AtomicU64::new(0),
+            recent: Mutex::new(VecDeque::with_capacity(RECENT_EVENTS)),
         }
+    }
+
+    /// The last [`RECENT_EVENTS`] events, oldest first, whoever subscribed.
+    pub(crate) fn recent(&self) -> Vec<ZoneEvent> {
+        let recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
+        recent.iter().cloned().collect()
     }
 
     pub(crate) fn subscribe(&self) -> EventStream {
@@ -71,6 +130,13 @@ impl EventBus {
     }
 
     pub(crate) fn emit(&self, event: ZoneEvent) {
+        {
+            let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
+            if recent.len() == RECENT_EVENTS {
+                recent.pop_front();
+            }
+            recent.push_back(event.clone());
+        }
         let mut subs = self.subscribers.lock().unwrap_or_else(|e| e.into_inner());
         subs.retain(|tx| match tx.try_send(event.clone()) {
             Ok(()) => true,
@@ -133,6 +199,18 @@ mod tests {
         bus.emit(ZoneEvent::Resumed);
         assert_eq!(first.drain(), vec![ZoneEvent::Paused, ZoneEvent::Resumed]);
         assert_eq!(second.drain(), vec![ZoneEvent::Resumed]);
+    }
+
+    #[test]
+    fn recent_events_keep_the_last_ones_without_a_subscriber() {
+        let bus = EventBus::new();
+        for _ in 0..RECENT_EVENTS {
+            bus.emit(ZoneEvent::Paused);
+        }
+        bus.emit(ZoneEvent::Resumed);
+        let recent = bus.recent();
+        assert_eq!(recent.len(), RECENT_EVENTS);
+        assert_eq!(recent.last(), Some(&ZoneEvent::Resumed));
     }
 
     #[test]

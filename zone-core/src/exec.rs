@@ -2,7 +2,7 @@
 //! [`Process`] out. Each command is its own vsock connection to the agent, so commands run
 //! concurrently and one command's failure does not disturb another.
 
-use crate::devices::virtio::vsock::backend::{Stream, VsockError};
+use crate::devices::virtio::vsock::backend::{Backend, Stream, VsockError};
 use crate::exit::ZoneExit;
 use crate::zone::ZoneHandle;
 use std::ffi::OsStr;
@@ -447,8 +447,8 @@ impl ZoneHandle {
         let zone = || self.name().to_string();
         let backend = self
             .shared
-            .vsock
-            .as_ref()
+            .devices
+            .find::<Backend>()
             .ok_or_else(|| ExecError::NoAgent { zone: zone() })?;
         let started = Instant::now();
         let deadline = started + ready;

@@ -134,8 +134,8 @@ fn run_hypercall(d: &Dispatcher, data: &[u8]) {
     protect(libc::PROT_READ | libc::PROT_WRITE);
 }
 
+use crate::device::{Activation, Interrupt, VirtioDevice};
 use crate::devices::virtio::blk::Block;
-use crate::devices::virtio::{Activation, Interrupt, VirtioDevice};
 use virtio_queue::{Queue, QueueT};
 
 /// Guest memory of the block target: a 16-entry split queue in the first page (descriptor table,
@@ -315,15 +315,13 @@ fn run_blk_request(t: &BlkTarget, options: u8, head: u8, count: u8, rest: &[u8])
         queues: vec![queue],
         interrupt: t.interrupt.clone(),
         features,
+        queue_events: Vec::new(),
     };
     let mut before = vec![0u8; BLK_MEMORY as usize];
     t.mem
         .read_slice(&mut before, GuestAddress(0))
         .expect("snapshot");
-    block
-        .activate(activation)
-        .expect("activate")
-        .queue_notified(0);
+    block.handler(activation).expect("activate").process();
     let _ = t.irq.read();
     let mut after = vec![0u8; BLK_MEMORY as usize];
     t.mem

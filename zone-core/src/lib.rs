@@ -17,6 +17,7 @@ mod console;
 mod control;
 mod cpuid;
 mod deadline;
+pub mod device;
 mod devices;
 mod events;
 mod exec;
@@ -29,8 +30,10 @@ pub mod linux;
 mod memory;
 mod metrics;
 pub mod micro;
+mod quarantine;
 #[cfg(test)]
 mod testing;
+mod text;
 mod vcpu;
 mod vmm;
 mod zone;
@@ -38,8 +41,9 @@ mod zone;
 pub use builder::{BuildError, DEFAULT_MEMORY_MIB, ZoneBuilder};
 pub use console::DEFAULT_CONSOLE_LIMIT;
 pub use control::{ControlError, ZoneState};
+pub use device::DeviceCounters;
 pub use devices::virtio::vsock::backend::VsockError;
-pub use events::{EVENT_QUEUE_CAPACITY, EventStream, Violation, ZoneEvent};
+pub use events::{Denial, EVENT_QUEUE_CAPACITY, EventStream, Violation, ZoneEvent};
 pub use exec::{
     AgentInfo, Command, DEFAULT_OUTPUT_LIMIT, DEFAULT_READY_TIMEOUT, ExecError, ExitStatus, Output,
     Process, ProcessEvent,
@@ -52,5 +56,6 @@ pub use memory::MemoryError;
 pub use metrics::{ExitCounts, HypercallCounts, ZoneMetrics};
 pub use micro::elf::ElfError;
 pub use micro::{GuestProgram, LayoutError, LoadError};
+pub use quarantine::{EVIDENCE_CONSOLE_TAIL, Evidence, MemoryDump, QuarantineOptions};
 pub use vcpu::kick::{KICK_SIGNAL_OFFSET, KickSetupError};
 pub use zone::{MemoryAccessError, Zone, ZoneHandle};

@@ -1,6 +1,7 @@
 //! Per-zone counters. Updated with relaxed atomics on vCPU threads; read as a
 //! [`ZoneMetrics`] snapshot from any thread.
 
+use crate::device::DeviceCounters;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
@@ -142,7 +143,12 @@ impl Metrics {
     }
 
     /// A consistent-enough snapshot (each counter read once, relaxed).
-    pub(crate) fn snapshot(&self, resident: Option<u64>, events_dropped: u64) -> ZoneMetrics {
+    pub(crate) fn snapshot(
+        &self,
+        resident: Option<u64>,
+        events_dropped: u64,
+        devices: Vec<DeviceCounters>,
+    ) -> ZoneMetrics {
         let now = self.now_ns();
         let in_guest: u64 = self
             .entered_ns
@@ -190,6 +196,7 @@ impl Metrics {
             memory_bytes: self.memory_bytes,
             memory_resident_bytes: resident,
             events_dropped,
+            devices,
         }
     }
 }
@@ -218,6 +225,15 @@ pub struct ZoneMetrics {
     pub memory_resident_bytes: Option<u64>,
     /// Events dropped because a subscriber's queue was full.
     pub events_dropped: u64,
+    /// Counters of the zone's devices (network bytes and drops, ...), by device.
+    pub devices: Vec<DeviceCounters>,
+}
+
+impl ZoneMetrics {
+    /// The counters of device `name` (`net0`, ...), if it has any.
+    pub fn device(&self, name: &str) -> Option<&DeviceCounters> {
+        self.devices.iter().find(|d| d.device == name)
+    }
 }
 
 /// VM exits by reason.
@@ -321,9 +337,18 @@ impl std::fmt::Display for ZoneMetrics {
                 "memory           {} KiB resident of {} KiB",
                 r >> 10,
                 self.memory_bytes >> 10
-            ),
-            None => writeln!(f, "memory           {} KiB", self.memory_bytes >> 10),
+            )?,
+            None => writeln!(f, "memory           {} KiB", self.memory_bytes >> 10)?,
         }
+        for device in &self.devices {
+            write!(f, "{:<16}", device.device)?;
+            for (i, (name, value)) in device.counters.iter().enumerate() {
+                let sep = if i == 0 { " " } else { ", " };
+                write!(f, "{sep}{name} {value}")?;
+            }
+            writeln!(f)?;
+        }
+        Ok(())
     }
 }
 
@@ -341,7 +366,7 @@ mod tests {
         m.host_fn_call(1);
         m.host_fn_call(7); // out of range: ignored, not a panic
         m.hypercall(HypercallKind::HostCall);
-        let s = m.snapshot(None, 3);
+        let s = m.snapshot(None, 3, Vec::new());
         assert_eq!(s.exits.io_out, 1);
         assert_eq!(s.exits.interrupted, 1);
         assert_eq!(s.exits.total(), 2);
@@ -357,6 +382,6 @@ mod tests {
         let m = Metrics::new(1, vec![], 0);
         m.enter(0);
         std::thread::sleep(Duration::from_millis(2));
-        assert!(m.snapshot(None, 0).vcpu_run_time >= Duration::from_millis(2));
+        assert!(m.snapshot(None, 0, Vec::new()).vcpu_run_time >= Duration::from_millis(2));
     }
 }

@@ -5,7 +5,6 @@ use crate::builder::BuildError;
 use crate::console::{ConsoleBuffer, ConsoleSink};
 use crate::control::Control;
 use crate::cpuid::{self, Features};
-use crate::devices::virtio::vsock::backend::Backend;
 use crate::events::EventBus;
 use crate::kvm;
 use crate::memory;
@@ -115,12 +114,8 @@ impl Settings {
             .collect()
     }
 
-    /// The zone's shared state, over `mem`, with the exec channel of a Linux zone.
-    pub(crate) fn shared(
-        &self,
-        mem: &GuestMemoryMmap,
-        vsock: Option<Arc<Backend>>,
-    ) -> Arc<ZoneShared> {
+    /// The zone's shared state, over `mem`.
+    pub(crate) fn shared(&self, mem: &GuestMemoryMmap) -> Arc<ZoneShared> {
         Arc::new(ZoneShared {
             id: self.id,
             name: self.zone.clone(),
@@ -132,7 +127,8 @@ impl Settings {
             kickers: (0..self.vcpus).map(|_| Kicker::default()).collect(),
             memory: RwLock::new(Some(mem.clone())),
             deadline: Mutex::new(None),
-            vsock,
+            devices: Arc::default(),
+            device_sync: Mutex::new(()),
         })
     }
 

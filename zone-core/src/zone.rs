@@ -2,9 +2,9 @@
 //! controller).
 
 use crate::console::ConsoleBuffer;
-use crate::control::{Control, ControlError, ZoneState};
+use crate::control::{Control, ControlError, Parked, Refused, ZoneState};
 use crate::deadline::{self, DeadlineTarget};
-use crate::devices::virtio::vsock::backend::Backend;
+use crate::device::Devices;
 use crate::events::{EventBus, EventStream, Violation, ZoneEvent};
 use crate::exit::ZoneExit;
 use crate::memory;
@@ -30,8 +30,10 @@ pub(crate) struct ZoneShared {
     pub(crate) kickers: Vec<Kicker>,
     pub(crate) memory: RwLock<Option<GuestMemoryMmap>>,
     pub(crate) deadline: Mutex<Option<Instant>>,
-    /// The exec channel of a Linux zone with an agent.
-    pub(crate) vsock: Option<Arc<Backend>>,
+    /// The zone's devices (Linux zones): their controls and their threads.
+    pub(crate) devices: Arc<Devices>,
+    /// Serializes bringing the device threads to the zone's pause state.
+    pub(crate) device_sync: Mutex<()>,
 }
 
 impl ZoneShared {
@@ -40,6 +42,14 @@ impl ZoneShared {
         if self.control.stop(exit) {
             self.kick_all();
         }
+    }
+
+    /// Brings every device thread to the zone's current pause state. Serialized, and always
+    /// applying the latest state, so that racing pauses and resumes leave the devices as the
+    /// vCPUs are.
+    pub(crate) fn sync_devices(&self) {
+        let _guard = self.device_sync.lock().unwrap_or_else(|e| e.into_inner());
+        self.devices.set_paused(self.control.paused());
     }
 
     pub(crate) fn kick_all(&self) {
@@ -51,10 +61,8 @@ impl ZoneShared {
     /// Called once, when the last vCPU has left the guest: announce the end and fail every
     /// exec still waiting on the guest.
     pub(crate) fn on_stopped(&self, exit: &ZoneExit) {
+        self.devices.stopped(exit);
         self.events.emit(ZoneEvent::Stopped(exit.clone()));
-        if let Some(vsock) = &self.vsock {
-            vsock.close_all(&format!("zone {} stopped: {exit}", self.name));
-        }
     }
 
     /// Reports a refused guest request.
@@ -161,35 +169,45 @@ impl ZoneHandle {
         &self.shared.name
     }
 
-    /// Stops every vCPU at its next exit (kicking it out of the guest at once) and returns when
-    /// none runs guest code. A vCPU inside a host function pauses when the function returns; called
-    /// from a host function of this zone, `pause` does not wait for its own vCPU.
+    /// Stops every vCPU at its next exit (kicking it out of the guest at once) and every device
+    /// thread (no queue is processed, no network flow moves), and returns once none runs. A vCPU
+    /// inside a host function pauses when the function returns; a host function may pause its own
+    /// zone (its vCPU counts as paused while it waits, so several vCPUs may do it at once). If
+    /// another thread resumes the zone before every vCPU has paused, the resume wins and `pause`
+    /// returns then: a control call always returns.
     pub fn pause(&self) -> Result<(), ControlError> {
-        let newly = self
-            .shared
-            .control
-            .request_pause()
-            .map_err(|exit| self.ended(exit))?;
-        self.shared.kick_all();
-        let own = u32::from(vcpu::current_zone() == self.shared.id);
-        self.shared
-            .control
-            .wait_parked(own)
+        self.pause_inner(false)
+    }
+
+    pub(crate) fn pause_inner(&self, quarantine: bool) -> Result<(), ControlError> {
+        let control = &self.shared.control;
+        let (newly, epoch) = control
+            .request_pause(quarantine)
             .map_err(|exit| self.ended(exit))?;
         if newly {
             self.shared.events.emit(ZoneEvent::Paused);
         }
+        self.shared.kick_all();
+        let own = vcpu::current_zone() == self.shared.id;
+        let parked = control
+            .wait_parked(epoch, own)
+            .map_err(|exit| self.ended(exit))?;
+        if parked == Parked::All {
+            self.shared.sync_devices();
+        }
         Ok(())
     }
 
-    /// Lets a paused zone run again. Resuming a running zone does nothing.
+    /// Lets a paused zone run again (devices first, then vCPUs). Resuming a running zone does
+    /// nothing; a quarantined zone needs [`release`](Self::release).
     pub fn resume(&self) -> Result<(), ControlError> {
-        if self
+        let was = self
             .shared
             .control
             .resume()
-            .map_err(|exit| self.ended(exit))?
-        {
+            .map_err(|refused| self.refused(refused))?;
+        self.shared.sync_devices();
+        if was {
             self.shared.events.emit(ZoneEvent::Resumed);
         }
         Ok(())
@@ -230,7 +248,7 @@ impl ZoneHandle {
     pub(crate) fn ended_exit(&self) -> Option<ZoneExit> {
         match self.state() {
             ZoneState::Stopping(exit) | ZoneState::Ended(exit) => Some(exit),
-            ZoneState::Running | ZoneState::Paused => None,
+            ZoneState::Running | ZoneState::Paused | ZoneState::Quarantined => None,
         }
     }
 
@@ -248,9 +266,11 @@ impl ZoneHandle {
             .unwrap_or_else(|e| e.into_inner())
             .as_ref()
             .and_then(memory::resident_bytes);
-        self.shared
-            .metrics
-            .snapshot(resident, self.shared.events.dropped())
+        self.shared.metrics.snapshot(
+            resident,
+            self.shared.events.dropped(),
+            self.shared.devices.counters(),
+        )
     }
 
     /// Subscribes to the zone's events. The first subscription receives every event since the
@@ -305,11 +325,26 @@ impl ZoneHandle {
         }
     }
 
-    fn ended(&self, exit: ZoneExit) -> ControlError {
+    pub(crate) fn ended(&self, exit: ZoneExit) -> ControlError {
         ControlError::Ended {
             zone: self.shared.name.clone(),
             exit,
         }
+    }
+
+    pub(crate) fn refused(&self, refused: Refused) -> ControlError {
+        match refused {
+            Refused::Ended(exit) => self.ended(exit),
+            Refused::Quarantined => ControlError::Quarantined {
+                zone: self.shared.name.clone(),
+            },
+        }
+    }
+
+    /// The device of this zone whose control is a `T` (how a device crate's extension trait
+    /// finds its device, e.g. zone-net's `net_cut()`), if the zone has one.
+    pub fn device<T: std::any::Any + Send + Sync>(&self) -> Option<Arc<T>> {
+        self.shared.devices.find::<T>()
     }
 }
 

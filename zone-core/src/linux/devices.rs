@@ -3,11 +3,14 @@
 
 use super::acpi::{self, MmioDevice};
 use super::{LinuxError, exits, layout};
+use crate::builder::BuildError;
+use crate::device::{
+    AttachContext, Attachment, DeviceHost, Devices, GuestSetup, Interrupt, VirtioDevice,
+};
 use crate::devices::Bus;
 use crate::devices::power::PowerRegister;
 use crate::devices::serial::SerialPort;
 use crate::devices::virtio::mmio::{MmioTransport, QUEUE_NOTIFY};
-use crate::devices::virtio::{Interrupt, VirtioDevice};
 use crate::zone::ZoneShared;
 use kvm_ioctls::{IoEventAddress, VmFd};
 use std::sync::Arc;
@@ -48,25 +51,32 @@ pub(crate) struct VirtioBus<'a> {
     vm: &'a VmFd,
     mem: &'a GuestMemoryMmap,
     zone: &'a str,
+    devices: Arc<Devices>,
     pub(crate) mmio: Bus,
     pub(crate) described: Vec<MmioDevice>,
 }
 
 impl<'a> VirtioBus<'a> {
-    pub(crate) fn new(vm: &'a VmFd, mem: &'a GuestMemoryMmap, zone: &'a str) -> Self {
+    pub(crate) fn new(
+        vm: &'a VmFd,
+        mem: &'a GuestMemoryMmap,
+        zone: &'a str,
+        devices: Arc<Devices>,
+    ) -> Self {
         Self {
             vm,
             mem,
             zone,
+            devices,
             mmio: Bus::default(),
             described: Vec::new(),
         }
     }
 
-    /// Adds `device` (named `kind` in its worker thread's name).
+    /// Adds `device` (named `name` in its zone and in its thread's name).
     pub(crate) fn add(
         &mut self,
-        kind: &str,
+        name: &str,
         device: Box<dyn VirtioDevice>,
     ) -> Result<(), LinuxError> {
         let index = self.described.len() as u32;
@@ -91,9 +101,16 @@ impl<'a> VirtioBus<'a> {
             })
             .collect::<Result<Vec<_>, LinuxError>>()?;
         let interrupt = Arc::new(Interrupt::new(irq_line(self.vm, gsi)?));
-        let name = format!("{}/{kind}", thread_prefix(self.zone));
-        let transport = MmioTransport::new(name, device, self.mem.clone(), interrupt, notify)
-            .map_err(LinuxError::Device)?;
+        let thread = format!("{}/{name}", thread_prefix(self.zone));
+        let transport = MmioTransport::new(
+            thread,
+            device,
+            self.mem.clone(),
+            interrupt,
+            notify,
+            self.devices.clone(),
+        )
+        .map_err(LinuxError::Device)?;
         self.mmio
             .insert(base, layout::VIRTIO_MMIO_SIZE, Arc::new(transport))?;
         self.described.push(MmioDevice {
@@ -101,6 +118,76 @@ impl<'a> VirtioBus<'a> {
             size: layout::VIRTIO_MMIO_SIZE,
             gsi,
         });
+        Ok(())
+    }
+}
+
+/// The devices granted by the builder, each with its name in the zone (`<kind><n>`).
+pub(crate) struct Attachments(Vec<(String, Box<dyn Attachment>)>);
+
+/// What the attached devices need from the guest.
+#[derive(Default)]
+pub(crate) struct GuestNeeds {
+    pub(crate) modules: Vec<String>,
+    pub(crate) cmdline: Vec<String>,
+}
+
+impl Attachments {
+    /// Names each attachment `<kind><n>`, counting per kind in builder order.
+    pub(crate) fn name(attachments: Vec<Box<dyn Attachment>>) -> Self {
+        let mut named: Vec<(String, Box<dyn Attachment>)> = Vec::new();
+        for a in attachments {
+            let n = named.iter().filter(|(_, b)| b.kind() == a.kind()).count();
+            named.push((format!("{}{n}", a.kind()), a));
+        }
+        Self(named)
+    }
+
+    /// Asks every attachment what the guest needs.
+    pub(crate) fn prepare(&mut self, zone: &str) -> Result<GuestNeeds, BuildError> {
+        let mut needs = GuestNeeds::default();
+        for (device, a) in &mut self.0 {
+            let mut guest = GuestSetup {
+                zone,
+                device,
+                modules: &mut needs.modules,
+                cmdline: &mut needs.cmdline,
+            };
+            a.prepare(&mut guest).map_err(|source| BuildError::Attach {
+                zone: zone.to_string(),
+                device: device.clone(),
+                source,
+            })?;
+        }
+        Ok(needs)
+    }
+
+    /// Creates every device, registers its control and places it on the bus.
+    pub(crate) fn attach(
+        self,
+        zone: &str,
+        shared: &Arc<ZoneShared>,
+        bus: &mut VirtioBus<'_>,
+    ) -> Result<(), BuildError> {
+        for (device, a) in self.0 {
+            let err = |source| BuildError::Attach {
+                zone: zone.to_string(),
+                device: device.clone(),
+                source,
+            };
+            let cx = AttachContext {
+                host: DeviceHost::new(zone, &device, Arc::downgrade(shared)),
+            };
+            let attached = a.attach(&cx).map_err(err)?;
+            if let Some((control, any)) = attached.control {
+                shared.devices.register_dyn(&device, control, any);
+            }
+            bus.add(&device, attached.device)
+                .map_err(|source| BuildError::Linux {
+                    zone: zone.to_string(),
+                    source,
+                })?;
+        }
         Ok(())
     }
 }

@@ -19,6 +19,7 @@ pub use disk::{Disk, DiskError};
 pub use initramfs::InitramfsError;
 
 use crate::builder::BuildError;
+use crate::device::Attachment;
 use crate::devices::BusError;
 use crate::devices::virtio::vsock::{Vsock, backend::Backend};
 use crate::host_fn::HostFunctions;
@@ -262,10 +263,15 @@ impl LinuxBoot {
         self
     }
 
-    /// The full kernel command line.
+    /// The full kernel command line (without what attached devices add).
     pub fn full_cmdline(&self) -> String {
+        self.cmdline_with(&[])
+    }
+
+    fn cmdline_with(&self, extra: &[String]) -> String {
         std::iter::once(BASE_CMDLINE)
             .chain(self.cmdline.iter().map(String::as_str))
+            .chain(extra.iter().map(String::as_str))
             .collect::<Vec<_>>()
             .join(" ")
     }
@@ -350,9 +356,10 @@ fn newest_host_kernel(boot_dir: &Path) -> Result<(String, PathBuf), LinuxError> 
 }
 
 impl LinuxBoot {
-    /// The initramfs: the given one, or the agent with modules and extra files. The second value
-    /// says whether the agent is in it.
-    fn initramfs(&self) -> Result<(Arc<[u8]>, bool), LinuxError> {
+    /// The initramfs: the given one, or the agent with modules (those the agent needs, those
+    /// named, and `device_modules` for attached devices) and extra files. The second value says
+    /// whether the agent is in it.
+    fn initramfs(&self, device_modules: &[String]) -> Result<(Arc<[u8]>, bool), LinuxError> {
         if let Some(image) = &self.initrd {
             return Ok((image.read("initramfs")?, false));
         }
@@ -360,6 +367,7 @@ impl LinuxBoot {
             Some(dir) => {
                 let mut wanted: Vec<&str> = AGENT_MODULES.to_vec();
                 wanted.extend(self.modules.iter().map(String::as_str));
+                wanted.extend(device_modules.iter().map(String::as_str));
                 initramfs::resolve_modules(dir, &wanted)?
             }
             None => Vec::new(),
@@ -376,6 +384,7 @@ pub(crate) fn build(
     s: &Settings,
     boot: &LinuxBoot,
     _functions: HostFunctions,
+    attachments: Vec<Box<dyn Attachment>>,
 ) -> Result<Zone, BuildError> {
     let err = |source: LinuxError| BuildError::Linux {
         zone: s.zone.clone(),
@@ -384,9 +393,11 @@ pub(crate) fn build(
     if s.mem_size < MIN_MEMORY_MIB << 20 {
         return Err(err(LinuxError::MemoryTooSmall(s.mem_size >> 20)));
     }
+    let mut attachments = devices::Attachments::name(attachments);
+    let guest = attachments.prepare(&s.zone)?;
     let kernel_image = boot.kernel.read("kernel").map_err(err)?;
-    let (initramfs, with_agent) = boot.initramfs().map_err(err)?;
-    let cmdline = boot.full_cmdline();
+    let (initramfs, with_agent) = boot.initramfs(&guest.modules).map_err(err)?;
+    let cmdline = boot.cmdline_with(&guest.cmdline);
     let disks = boot
         .disks
         .iter()
@@ -404,16 +415,14 @@ pub(crate) fn build(
     let mem = s.memory(&vm, &layout::ram_regions(s.mem_size))?;
     let kernel = load(&mem, &kernel_image, &initramfs, &cmdline, s.mem_size).map_err(err)?;
 
-    let vsock = match with_agent {
-        true => Some(Arc::new(
-            Backend::new(devices::GUEST_CID).map_err(|e| err(LinuxError::Device(e.to_string())))?,
-        )),
-        false => None,
-    };
-    let shared = s.shared(&mem, vsock.clone());
+    let shared = s.shared(&mem);
     let pio = devices::legacy(&vm.fd, &shared).map_err(err)?;
-    let mut virtio = devices::VirtioBus::new(&vm.fd, &mem, &s.zone);
-    if let Some(backend) = vsock {
+    let mut virtio = devices::VirtioBus::new(&vm.fd, &mem, &s.zone, shared.devices.clone());
+    if with_agent {
+        let backend = Arc::new(
+            Backend::new(devices::GUEST_CID).map_err(|e| err(LinuxError::Device(e.to_string())))?,
+        );
+        shared.devices.register("vsock", backend.clone());
         virtio
             .add("vsock", Box::new(Vsock::new(devices::GUEST_CID, backend)))
             .map_err(err)?;
@@ -423,6 +432,7 @@ pub(crate) fn build(
             .add(&format!("blk{i}"), Box::new(disk))
             .map_err(err)?;
     }
+    attachments.attach(&s.zone, &shared, &mut virtio)?;
     for (at, table) in acpi::tables(s.vcpus, &virtio.described).map_err(|e| err(e.into()))? {
         mem.write_slice(&table, GuestAddress(at))
             .map_err(|e| err(e.into()))?;

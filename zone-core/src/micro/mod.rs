@@ -170,7 +170,7 @@ pub(crate) fn build(
     let vcpus = s.vcpus(&vm, |fd, index| {
         configure_vcpu(fd, index, &loaded, &plan, &vm.cpuid, vm.features)
     })?;
-    let shared = s.shared(&mem, None);
+    let shared = s.shared(&mem);
     let dispatcher = Dispatcher {
         zone: s.zone.clone(),
         mem,

@@ -14,9 +14,9 @@
 //! type) when the chain has somewhere to put a status byte, and is dropped otherwise. Guest memory
 //! is written only inside descriptors the guest marked device-writable.
 
-use super::{
-    ActivateError, Activation, INT_USED_RING, Interrupt, QueueHandler, VIRTIO_F_VERSION_1,
-    VirtioDevice, read_config_bytes,
+use crate::device::{
+    ActivateError, Activation, DeviceWorker, Interrupt, QueueHandler, QueueWorker,
+    VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX, VirtioDevice, read_config_bytes,
 };
 use std::fs::File;
 use std::io::{Seek, SeekFrom};
@@ -478,7 +478,7 @@ impl BlockQueue {
             }
         }
         if completed > 0 && self.queue.needs_notification(&self.mem).unwrap_or(true) {
-            self.interrupt.signal(INT_USED_RING);
+            self.interrupt.notify_queue(0);
         }
         completed
     }
@@ -540,6 +540,29 @@ impl Block {
     }
 }
 
+impl Block {
+    /// The queue handler for `a` (the worker without its thread glue, for tests and fuzzing).
+    pub(crate) fn handler(&mut self, a: Activation) -> Result<BlockQueue, ActivateError> {
+        let [queue]: [Queue; 1] = a
+            .queues
+            .try_into()
+            .map_err(|_| ActivateError("virtio-blk needs exactly one queue".into()))?;
+        // The handler gets its own descriptor so that the device can be reset and started again;
+        // positioned I/O means the shared file offset does not matter.
+        let file = self.file.try_clone().map_err(|e| {
+            ActivateError(format!("cannot duplicate the disk image descriptor: {e}"))
+        })?;
+        let write_through = a.features & (1 << VIRTIO_BLK_F_FLUSH) == 0;
+        let disk = Disk::new(file, self.info, self.id, write_through);
+        Ok(BlockQueue {
+            mem: a.mem,
+            queue,
+            disk,
+            interrupt: a.interrupt,
+        })
+    }
+}
+
 impl VirtioDevice for Block {
     fn device_type(&self) -> u32 {
         DEVICE_TYPE
@@ -551,7 +574,7 @@ impl VirtioDevice for Block {
 
     fn features(&self) -> u64 {
         let mut features = VIRTIO_F_VERSION_1
-            | super::VIRTIO_RING_F_EVENT_IDX
+            | VIRTIO_RING_F_EVENT_IDX
             | (1 << VIRTIO_BLK_F_FLUSH)
             | (1 << VIRTIO_BLK_F_SEG_MAX)
             | (1 << VIRTIO_BLK_F_SIZE_MAX);
@@ -565,24 +588,9 @@ impl VirtioDevice for Block {
         read_config_bytes(&self.config, offset, data);
     }
 
-    fn activate(&mut self, a: Activation) -> Result<Box<dyn QueueHandler>, ActivateError> {
-        let [queue]: [Queue; 1] = a
-            .queues
-            .try_into()
-            .map_err(|_| ActivateError("virtio-blk needs exactly one queue".into()))?;
-        // The handler gets its own descriptor so that the device can be reset and started again;
-        // positioned I/O means the shared file offset does not matter.
-        let file = self.file.try_clone().map_err(|e| {
-            ActivateError(format!("cannot duplicate the disk image descriptor: {e}"))
-        })?;
-        let write_through = a.features & (1 << VIRTIO_BLK_F_FLUSH) == 0;
-        let disk = Disk::new(file, self.info, self.id, write_through);
-        Ok(Box::new(BlockQueue {
-            mem: a.mem,
-            queue,
-            disk,
-            interrupt: a.interrupt,
-        }))
+    fn activate(&mut self, mut a: Activation) -> Result<Box<dyn DeviceWorker>, ActivateError> {
+        let events = std::mem::take(&mut a.queue_events);
+        Ok(Box::new(QueueWorker::new(self.handler(a)?, events)))
     }
 }
 
@@ -705,8 +713,9 @@ mod tests {
             queues: vec![mock.create_queue().unwrap()],
             interrupt: Arc::new(Interrupt::new(irq.try_clone().unwrap())),
             features: block.features(),
+            queue_events: Vec::new(),
         };
-        let mut handler = block.activate(activation).unwrap();
+        let mut handler = block.handler(activation).unwrap();
         handler.queue_notified(0);
         let count = mock.used().idx().load();
         let used = (0..usize::from(count))
@@ -1005,7 +1014,7 @@ mod tests {
         assert_eq!(
             features,
             VIRTIO_F_VERSION_1
-                | crate::devices::virtio::VIRTIO_RING_F_EVENT_IDX
+                | VIRTIO_RING_F_EVENT_IDX
                 | (1 << VIRTIO_BLK_F_FLUSH)
                 | (1 << VIRTIO_BLK_F_SEG_MAX)
                 | (1 << VIRTIO_BLK_F_SIZE_MAX)
@@ -1070,8 +1079,9 @@ mod tests {
             queues: vec![mock.create_queue().unwrap()],
             interrupt: Arc::new(Interrupt::new(EventFd::new(libc::EFD_NONBLOCK).unwrap())),
             features: block.features(),
+            queue_events: Vec::new(),
         };
-        let mut handler = block.activate(activation).unwrap();
+        let mut handler = block.handler(activation).unwrap();
         let (done, finished) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             handler.queue_notified(0);
@@ -1252,8 +1262,9 @@ mod tests {
                 queues: vec![mock.create_queue().unwrap()],
                 interrupt: Arc::new(Interrupt::new(irq)),
                 features: block.features(),
+                queue_events: Vec::new(),
             };
-            block.activate(activation).unwrap().queue_notified(0);
+            block.handler(activation).unwrap().queue_notified(0);
             proptest::prop_assert_eq!(mock.used().idx().load(), 1);
             let used_len = mock.used().ring().ref_at(0).unwrap().load().len();
             let writable: u64 = descs.iter().filter(|d| d.2).map(|d| u64::from(d.1)).sum();

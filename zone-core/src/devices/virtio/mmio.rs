@@ -1,13 +1,15 @@
 //! The virtio-mmio transport (virtio 1.x register layout, version 2).
 //!
 //! Register accesses come from vCPU threads (MMIO exits). Queue notifications do not: each queue's
-//! QueueNotify write is bound to an ioeventfd that wakes the device's worker directly. On
-//! DRIVER_OK the transport hands the configured queues to the device and starts its worker; a
-//! status write of 0 (reset) stops the worker and forgets the queues.
+//! QueueNotify write is bound to an ioeventfd that wakes the device's thread directly. On
+//! DRIVER_OK the transport hands the configured queues to the device and starts its device thread
+//! (registered with the zone, so that pausing the zone pauses it); a status write of 0 (reset)
+//! stops the thread and forgets the queues. When the device cannot start (queues outside guest
+//! memory, a worker that fails), the transport sets DEVICE_NEEDS_RESET: FAILED is the driver's.
 
-use super::worker::Worker;
-use super::{
-    Activation, INT_CONFIG, INT_USED_RING, Interrupt, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX,
+use crate::device::interrupt::{INT_CONFIG, INT_USED_RING};
+use crate::device::{
+    Activation, DeviceThread, Devices, Interrupt, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX,
     VirtioDevice,
 };
 use crate::devices::BusDevice;
@@ -27,6 +29,7 @@ const CONFIG_SPACE: u64 = 0x100;
 
 const STATUS_DRIVER_OK: u32 = 4;
 const STATUS_FEATURES_OK: u32 = 8;
+const STATUS_DEVICE_NEEDS_RESET: u32 = 0x40;
 const STATUS_FAILED: u32 = 0x80;
 
 struct State {
@@ -38,7 +41,7 @@ struct State {
     driver_features: u64,
     queue_sel: u32,
     config_generation: u32,
-    worker: Option<Worker>,
+    worker: Option<DeviceThread>,
 }
 
 /// One virtio-mmio device window.
@@ -47,17 +50,20 @@ pub(crate) struct MmioTransport {
     mem: GuestMemoryMmap,
     interrupt: Arc<Interrupt>,
     notify: Vec<EventFd>,
+    devices: Arc<Devices>,
     state: Mutex<State>,
 }
 
 impl MmioTransport {
     /// Wraps `device`. `notify[i]` must already be bound (ioeventfd) to QueueNotify writes of `i`.
+    /// The device thread is registered with `devices` when it starts.
     pub(crate) fn new(
         name: String,
         device: Box<dyn VirtioDevice>,
         mem: GuestMemoryMmap,
         interrupt: Arc<Interrupt>,
         notify: Vec<EventFd>,
+        devices: Arc<Devices>,
     ) -> Result<Self, String> {
         let queues = device
             .queue_max_sizes()
@@ -87,6 +93,7 @@ impl MmioTransport {
             mem,
             interrupt,
             notify,
+            devices,
             state: Mutex::new(state),
         })
     }
@@ -189,7 +196,7 @@ impl MmioTransport {
         if newly & STATUS_DRIVER_OK != 0 && st.status & STATUS_FAILED == 0 {
             if st.status & STATUS_FEATURES_OK == 0 {
                 // DRIVER_OK before features were negotiated: the driver is broken.
-                st.status |= STATUS_FAILED;
+                st.status |= STATUS_DEVICE_NEEDS_RESET;
                 return;
             }
             self.activate(st);
@@ -202,7 +209,7 @@ impl MmioTransport {
             .iter()
             .all(|q| !q.ready() || q.is_valid(&self.mem));
         if !all_valid {
-            st.status |= STATUS_FAILED;
+            st.status |= STATUS_DEVICE_NEEDS_RESET;
             return;
         }
         let queues = std::mem::replace(
@@ -223,23 +230,35 @@ impl MmioTransport {
         for q in &mut queues {
             q.set_event_idx(event_idx);
         }
-        let activation = Activation {
-            mem: self.mem.clone(),
-            queues,
-            interrupt: self.interrupt.clone(),
-            features: st.driver_features,
-        };
-        let notify = self
+        let Ok(queue_events) = self
             .notify
             .iter()
             .map(EventFd::try_clone)
-            .collect::<Result<Vec<_>, _>>();
-        match (st.device.activate(activation), notify) {
-            (Ok(handler), Ok(notify)) => match Worker::spawn(self.name.clone(), notify, handler) {
-                Ok(worker) => st.worker = Some(worker),
-                Err(_) => st.status |= STATUS_FAILED,
-            },
-            _ => st.status |= STATUS_FAILED,
+            .collect::<Result<Vec<_>, _>>()
+        else {
+            st.status |= STATUS_DEVICE_NEEDS_RESET;
+            return;
+        };
+        let activation = Activation {
+            mem: self.mem.clone(),
+            queues,
+            queue_events,
+            interrupt: self.interrupt.clone(),
+            features: st.driver_features,
+        };
+        let Ok(worker) = st.device.activate(activation) else {
+            st.status |= STATUS_DEVICE_NEEDS_RESET;
+            return;
+        };
+        let mut started = None;
+        self.devices.start_thread(|paused| {
+            let (thread, ctl) = DeviceThread::spawn(self.name.clone(), worker, paused).ok()?;
+            started = Some(thread);
+            Some(ctl)
+        });
+        match started {
+            Some(thread) => st.worker = Some(thread),
+            None => st.status |= STATUS_DEVICE_NEEDS_RESET,
         }
     }
 }
@@ -276,7 +295,7 @@ impl BusDevice for MmioTransport {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::devices::virtio::{ActivateError, QueueHandler};
+    use crate::device::{ActivateError, DeviceWorker, QueueHandler, QueueWorker};
     use std::sync::atomic::{AtomicUsize, Ordering};
     use vm_memory::GuestAddress;
 
@@ -305,13 +324,14 @@ mod tests {
             1 << 3
         }
         fn read_config(&self, offset: u64, data: &mut [u8]) {
-            crate::devices::virtio::read_config_bytes(&[0xaa, 0xbb, 0xcc, 0xdd], offset, data);
+            crate::device::read_config_bytes(&[0xaa, 0xbb, 0xcc, 0xdd], offset, data);
         }
-        fn activate(&mut self, a: Activation) -> Result<Box<dyn QueueHandler>, ActivateError> {
+        fn activate(&mut self, a: Activation) -> Result<Box<dyn DeviceWorker>, ActivateError> {
             assert_eq!(a.queues.len(), 2);
             assert_eq!(a.features, VIRTIO_F_VERSION_1 | (1 << 3));
             self.activations.fetch_add(1, Ordering::SeqCst);
-            Ok(Box::new(ProbeQueues(self.notified.clone())))
+            let handler = ProbeQueues(self.notified.clone());
+            Ok(Box::new(QueueWorker::new(handler, a.queue_events)))
         }
     }
 
@@ -335,7 +355,9 @@ mod tests {
             .collect();
         let clones = notify.iter().map(|e| e.try_clone().unwrap()).collect();
         let irq = Arc::new(Interrupt::new(EventFd::new(libc::EFD_NONBLOCK).unwrap()));
-        let transport = MmioTransport::new("probe".into(), device, mem, irq, clones).unwrap();
+        let devices = Arc::new(Devices::default());
+        let transport =
+            MmioTransport::new("probe".into(), device, mem, irq, clones, devices).unwrap();
         Rig {
             transport,
             notify,
@@ -448,7 +470,12 @@ mod tests {
         w(t, 0x070, 3);
         setup_queue(t, 0, 0x10000);
         w(t, 0x070, 7);
-        assert_ne!(r(t, 0x070) & STATUS_FAILED, 0);
+        assert_eq!(
+            r(t, 0x070) & STATUS_FAILED,
+            0,
+            "FAILED is the driver's to set"
+        );
+        assert_ne!(r(t, 0x070) & STATUS_DEVICE_NEEDS_RESET, 0);
         assert_eq!(rig.activations.load(Ordering::SeqCst), 0);
     }
 
@@ -462,7 +489,11 @@ mod tests {
         w(t, 0x070, 0xb);
         setup_queue(t, 0, 0x7fff_0000); // beyond the 1 MiB of guest memory
         w(t, 0x070, 0xf);
-        assert_ne!(r(t, 0x070) & STATUS_FAILED, 0);
+        assert_eq!(
+            r(t, 0x070),
+            0xf | STATUS_DEVICE_NEEDS_RESET,
+            "the device asks for a reset; FAILED is the driver's to set"
+        );
         assert_eq!(rig.activations.load(Ordering::SeqCst), 0);
     }
 }

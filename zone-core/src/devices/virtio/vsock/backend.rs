@@ -145,7 +145,16 @@ impl Backend {
         self.lock().closed = Some(reason.to_string());
         self.cv.notify_all();
     }
+}
 
+/// The exec channel's control: when the zone stops, every stream fails at once.
+impl crate::device::DeviceControl for Backend {
+    fn stopped(&self, exit: &crate::ZoneExit) {
+        self.close_all(&format!("the zone stopped ({exit})"));
+    }
+}
+
+impl Backend {
     /// Opens a stream to guest port `port`, waiting for the guest's answer until `deadline`.
     pub(crate) fn connect(
         self: &Arc<Self>,

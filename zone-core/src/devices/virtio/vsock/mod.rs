@@ -7,9 +7,9 @@
 pub(crate) mod backend;
 pub(crate) mod packet;
 
-use super::{
-    ActivateError, Activation, INT_USED_RING, Interrupt, QueueHandler, VirtioDevice,
-    read_config_bytes,
+use crate::device::{
+    ActivateError, Activation, DeviceWorker, Interrupt, QueueHandler, QueueWorker,
+    VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX, VirtioDevice, read_config_bytes,
 };
 use backend::Backend;
 use packet::{HEADER_LEN, Header};
@@ -22,6 +22,7 @@ use vm_memory::GuestMemoryMmap;
 /// virtio device id of vsock.
 const DEVICE_TYPE: u32 = 19;
 const QUEUE_SIZES: [u16; 3] = [256, 256, 256];
+const RX: usize = 0;
 const TX: usize = 1;
 
 /// The vsock device.
@@ -46,25 +47,26 @@ impl VirtioDevice for Vsock {
     }
 
     fn features(&self) -> u64 {
-        super::VIRTIO_F_VERSION_1 | super::VIRTIO_RING_F_EVENT_IDX
+        VIRTIO_F_VERSION_1 | VIRTIO_RING_F_EVENT_IDX
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
         read_config_bytes(&self.guest_cid.to_le_bytes(), offset, data);
     }
 
-    fn activate(&mut self, a: Activation) -> Result<Box<dyn QueueHandler>, ActivateError> {
+    fn activate(&mut self, a: Activation) -> Result<Box<dyn DeviceWorker>, ActivateError> {
         let [rx, tx, _event]: [Queue; 3] = a
             .queues
             .try_into()
             .map_err(|_| ActivateError("vsock needs exactly three queues".into()))?;
-        Ok(Box::new(VsockQueues {
+        let handler = VsockQueues {
             mem: a.mem,
             rx,
             tx,
             interrupt: a.interrupt,
             backend: self.backend.clone(),
-        }))
+        };
+        Ok(Box::new(QueueWorker::new(handler, a.queue_events)))
     }
 }
 
@@ -171,7 +173,7 @@ impl VsockQueues {
         let interrupt = (tx_used && notify(&mut self.tx, &self.mem))
             | (rx_used && notify(&mut self.rx, &self.mem));
         if interrupt {
-            self.interrupt.signal(INT_USED_RING);
+            self.interrupt.notify_queue(RX);
         }
     }
 }

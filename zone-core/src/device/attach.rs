@@ -1,0 +1,125 @@
+//! Attaching a device from a builder extension: [`Attachment`], and what zone-core gives it while
+//! the zone is built.
+
+use super::{DeviceControl, DeviceHost, VirtioDevice};
+use std::any::Any;
+use std::sync::Arc;
+
+/// One device granted to a zone by its builder (through
+/// [`ZoneBuilder::attach`](crate::ZoneBuilder::attach), usually from a builder extension such as
+/// zone-net's `.net(..)`). Nothing is attached that the builder did not name.
+pub trait Attachment: Send + 'static {
+    /// The kind of device (`net`, `gpu`): devices are named `<kind><n>` in their zone (`net0`).
+    fn kind(&self) -> &'static str;
+
+    /// Called before the guest is prepared: the kernel modules and command-line arguments the
+    /// guest needs for this device. Default: none.
+    fn prepare(&mut self, _guest: &mut GuestSetup<'_>) -> Result<(), AttachError> {
+        Ok(())
+    }
+
+    /// Creates the device model once the VM exists.
+    fn attach(self: Box<Self>, cx: &AttachContext) -> Result<Attached, AttachError>;
+}
+
+/// What an attachment may ask of the guest before it boots.
+#[derive(Debug)]
+pub struct GuestSetup<'a> {
+    pub(crate) zone: &'a str,
+    pub(crate) device: &'a str,
+    pub(crate) modules: &'a mut Vec<String>,
+    pub(crate) cmdline: &'a mut Vec<String>,
+}
+
+impl GuestSetup<'_> {
+    /// The zone's name.
+    pub fn zone(&self) -> &str {
+        self.zone
+    }
+
+    /// The device's name in its zone (`net0`, ...).
+    pub fn device(&self) -> &str {
+        self.device
+    }
+
+    /// Loads kernel module `name` (and its dependencies) at boot, when the kernel is modular and
+    /// does not have it built in.
+    pub fn module(&mut self, name: &str) {
+        if !self.modules.iter().any(|m| m == name) {
+            self.modules.push(name.to_string());
+        }
+    }
+
+    /// Appends `arg` to the guest kernel's command line (the agent reads `zones.*` arguments).
+    pub fn cmdline(&mut self, arg: impl Into<String>) {
+        self.cmdline.push(arg.into());
+    }
+}
+
+/// What an attachment gets when its device is created.
+#[derive(Debug)]
+pub struct AttachContext {
+    pub(crate) host: DeviceHost,
+}
+
+impl AttachContext {
+    /// The zone's name.
+    pub fn zone(&self) -> &str {
+        self.host.zone()
+    }
+
+    /// The device's name in its zone.
+    pub fn device(&self) -> &str {
+        self.host.device()
+    }
+
+    /// The device's link to its zone, for its threads to report through.
+    pub fn host(&self) -> DeviceHost {
+        self.host.clone()
+    }
+}
+
+/// A device model ready to be placed on the zone's transport, with its control.
+pub struct Attached {
+    pub(crate) device: Box<dyn VirtioDevice>,
+    pub(crate) control: Option<(Arc<dyn DeviceControl>, Arc<dyn Any + Send + Sync>)>,
+}
+
+impl std::fmt::Debug for Attached {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Attached")
+            .field("device_type", &self.device.device_type())
+            .field("control", &self.control.is_some())
+            .finish()
+    }
+}
+
+impl Attached {
+    /// `device`, without a control.
+    pub fn new(device: Box<dyn VirtioDevice>) -> Self {
+        Self {
+            device,
+            control: None,
+        }
+    }
+
+    /// Gives the device a control: its counters, quarantine and stop hooks, and the typed handle
+    /// that [`ZoneHandle::device::<T>()`](crate::ZoneHandle::device) finds.
+    pub fn with_control<T: DeviceControl>(mut self, control: Arc<T>) -> Self {
+        self.control = Some((control.clone(), control));
+        self
+    }
+}
+
+/// Why an attachment could not be prepared or attached: the attachment's own error, which names
+/// the fix.
+#[derive(Debug, thiserror::Error)]
+#[error(transparent)]
+pub struct AttachError(pub Box<dyn std::error::Error + Send + Sync>);
+
+impl AttachError {
+    /// Wraps the attachment's error.
+    pub fn new(error: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
+        Self(error.into())
+    }
+}
