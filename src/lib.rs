@@ -24,6 +24,9 @@
 
 pub use zone_core::*;
 
+/// Networking for zones: [`net::Net`], [`net::NetPolicy`], live controls ([`net::NetControl`]).
+pub use zone_net as net;
+
 /// The types most programs need.
 pub mod prelude {
     pub use zone_core::{
@@ -31,4 +34,5 @@ pub mod prelude {
         HostFnError, HostFnResult, Violation, Zone, ZoneBuilder, ZoneEvent, ZoneExit, ZoneHandle,
         ZoneMetrics, ZoneState,
     };
+    pub use zone_net::{Net, NetBuilderExt, NetControl, NetPolicy};
 }

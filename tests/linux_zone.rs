@@ -10,39 +10,7 @@ use std::time::{Duration, Instant};
 use zones::prelude::*;
 use zones::{Command, ExecError, LinuxBoot};
 
-/// Whether this KVM can run a guest kernel: set by the lab (`ZONES_LAB=1`) or by a user with a
-/// hardware KVM (`ZONES_LINUX_TESTS=1`).
-fn linux_capable(test: &str) -> bool {
-    let on = |v: &str| std::env::var(v).is_ok_and(|v| v == "1");
-    if on("ZONES_LAB") || on("ZONES_LINUX_TESTS") {
-        return common::kvm_available(test);
-    }
-    common::skipped(format_args!(
-        "{test}: needs a KVM that runs guest kernels; run it in the lab (lab/test linux_zone) or set ZONES_LINUX_TESTS=1"
-    ));
-    false
-}
-
-macro_rules! require_linux {
-    () => {
-        if !linux_capable(std::thread::current().name().unwrap_or(module_path!())) {
-            return;
-        }
-    };
-}
-
-/// `kernel` with a busybox userland, XSAVE hidden in the lab (QEMU's software SVM does not
-/// virtualize XSETBV).
-fn with_userland(kernel: LinuxBoot) -> LinuxBoot {
-    kernel
-        .busybox()
-        .hide_xsave(std::env::var("ZONES_LAB").is_ok())
-}
-
-/// The host's kernel and its modules.
-fn boot() -> LinuxBoot {
-    with_userland(LinuxBoot::host_kernel().expect("a kernel in /boot"))
-}
+use common::{boot, with_userland};
 
 fn zone(boot: LinuxBoot, vcpus: u32, memory_mib: u64) -> Zone {
     Zone::builder()

@@ -109,3 +109,39 @@ pub fn spinning_zone(builder: ZoneBuilder) -> (Zone, u64) {
     }
     (zone, addr)
 }
+
+/// Whether this KVM can run a guest kernel: set by the lab (`ZONES_LAB=1`) or by a user with a
+/// hardware KVM (`ZONES_LINUX_TESTS=1`).
+pub fn linux_capable(test: &str) -> bool {
+    let on = |v: &str| std::env::var(v).is_ok_and(|v| v == "1");
+    if on("ZONES_LAB") || on("ZONES_LINUX_TESTS") {
+        return kvm_available(test);
+    }
+    skipped(format_args!(
+        "{test}: needs a KVM that runs guest kernels; run it in the lab (lab/test linux_zone) or set ZONES_LINUX_TESTS=1"
+    ));
+    false
+}
+
+/// Returns from the test (printing the reason) when this KVM cannot run a guest kernel.
+#[macro_export]
+macro_rules! require_linux {
+    () => {
+        if !common::linux_capable(std::thread::current().name().unwrap_or(module_path!())) {
+            return;
+        }
+    };
+}
+
+/// `kernel` with a busybox userland, XSAVE hidden in the lab (QEMU's software SVM does not
+/// virtualize XSETBV).
+pub fn with_userland(kernel: zones::LinuxBoot) -> zones::LinuxBoot {
+    kernel
+        .busybox()
+        .hide_xsave(std::env::var("ZONES_LAB").is_ok())
+}
+
+/// The host's kernel and its modules, with a busybox userland.
+pub fn boot() -> zones::LinuxBoot {
+    with_userland(zones::LinuxBoot::host_kernel().expect("a kernel in /boot"))
+}

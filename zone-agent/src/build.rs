@@ -114,6 +114,34 @@ pub fn compile(rustc: &Path, out_dir: &Path) -> Result<PathBuf, AgentBuildError>
     Ok(exe)
 }
 
+/// Compiles the single-file program `source` (std only) the same way, static, into
+/// `<out_dir>/<name>`: helper programs for a zone's guest (the tests' network probe, say).
+pub fn compile_program(
+    rustc: &Path,
+    source: &Path,
+    name: &str,
+    out_dir: &Path,
+) -> Result<PathBuf, AgentBuildError> {
+    std::fs::create_dir_all(out_dir).map_err(|source| AgentBuildError::Io {
+        path: out_dir.to_path_buf(),
+        source,
+    })?;
+    let exe = out_dir.join(name);
+    let mut bin = rustc_command(rustc);
+    bin.args([
+        "--crate-type",
+        "bin",
+        "--crate-name",
+        &name.replace('-', "_"),
+    ])
+    .args(["-C", "strip=symbols"])
+    .arg(source)
+    .arg("-o")
+    .arg(&exe);
+    run(rustc, bin, "executable")?;
+    Ok(exe)
+}
+
 fn rustc_command(rustc: &Path) -> Command {
     let mut cmd = Command::new(rustc);
     // Flags meant for host code (coverage, sanitizers, target-cpu) must not leak into the guest.

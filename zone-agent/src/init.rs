@@ -1,6 +1,7 @@
 //! PID 1 duties: mount the kernel's filesystems, load the kernel modules the host put in the
-//! initramfs, set a usable environment, run the server (`--serve`) as a child and reap every
-//! process that ends up orphaned.
+//! initramfs, configure the network the host described ([`crate::net`]), set a usable
+//! environment, run the server (`--serve`) as a child and reap every process that ends up
+//! orphaned.
 //!
 //! Problems are printed to stderr, which for PID 1 is `/dev/console` (the zone's console), as
 //! `zone-agent: ...` lines. Only a server that keeps dying makes PID 1 exit (and the kernel
@@ -85,6 +86,9 @@ pub fn run() -> ! {
         eprintln!("{problem}");
     }
     for problem in load_modules(Path::new(MODULES_DIR)) {
+        eprintln!("{problem}");
+    }
+    for problem in crate::net::setup() {
         eprintln!("{problem}");
     }
     set_default_env();

@@ -13,6 +13,8 @@ pub mod proto;
 #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
 pub mod init;
 #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+pub mod net;
+#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
 pub mod server;
 #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
 pub mod sys;

@@ -56,7 +56,142 @@ mod nr {
     pub const ACCEPT4: usize = 288;
     pub const FINIT_MODULE: usize = 313;
     pub const POLL: usize = 7;
+    pub const IOCTL: usize = 16;
 }
+
+/// Address family of IPv4 sockets.
+pub const AF_INET: i32 = 2;
+/// Datagram socket type.
+pub const SOCK_DGRAM: i32 = 2;
+
+/// Interface ioctls that take a `struct ifreq` ([`IfReq`]).
+pub mod siocif {
+    /// Get interface flags.
+    pub const GET_FLAGS: u64 = 0x8913;
+    /// Set interface flags.
+    pub const SET_FLAGS: u64 = 0x8914;
+    /// Set the IPv4 address.
+    pub const SET_ADDR: u64 = 0x8916;
+    /// Set the IPv4 netmask.
+    pub const SET_NETMASK: u64 = 0x891c;
+    /// Set the MTU.
+    pub const SET_MTU: u64 = 0x8922;
+}
+/// Add a route (`struct rtentry`, [`RtEntry`]).
+const SIOCADDRT: u64 = 0x890b;
+
+/// Interface flag: up.
+pub const IFF_UP: i16 = 0x1;
+/// Route flag: usable.
+pub const RTF_UP: u16 = 0x1;
+/// Route flag: through a gateway.
+pub const RTF_GATEWAY: u16 = 0x2;
+
+/// `struct sockaddr_in` from `<netinet/in.h>` (16 bytes).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SockaddrIn {
+    /// Always [`AF_INET`].
+    pub family: u16,
+    /// Port, network byte order.
+    pub port: u16,
+    /// Address, network byte order (the octets in order).
+    pub addr: [u8; 4],
+    /// Zero.
+    pub zero: [u8; 8],
+}
+
+impl SockaddrIn {
+    /// The IPv4 address `addr` (port 0).
+    pub fn new(addr: std::net::Ipv4Addr) -> Self {
+        Self {
+            family: AF_INET as u16,
+            port: 0,
+            addr: addr.octets(),
+            zero: [0; 8],
+        }
+    }
+}
+
+/// `struct ifreq` from `<net/if.h>` (40 bytes): the name, then the request's value.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct IfReq {
+    /// The interface name, NUL-padded.
+    pub name: [u8; 16],
+    /// The value: a `sockaddr_in`, or flags (`i16`) or the MTU (`i32`) in its first bytes.
+    pub value: [u8; 24],
+}
+
+impl IfReq {
+    /// A request for interface `name` (at most 15 bytes, else None).
+    pub fn new(name: &str) -> Option<Self> {
+        let mut req = Self::default();
+        req.name
+            .get_mut(..name.len())
+            .filter(|_| name.len() < 16)?
+            .copy_from_slice(name.as_bytes());
+        Some(req)
+    }
+
+    /// Puts an address in the value.
+    pub fn set_addr(&mut self, addr: std::net::Ipv4Addr) {
+        let sa = SockaddrIn::new(addr);
+        self.value = [0; 24];
+        self.value[..2].copy_from_slice(&sa.family.to_ne_bytes());
+        self.value[4..8].copy_from_slice(&sa.addr);
+    }
+
+    /// Puts a 16-bit value (flags) in the value.
+    pub fn set_i16(&mut self, v: i16) {
+        self.value[..2].copy_from_slice(&v.to_ne_bytes());
+    }
+
+    /// The 16-bit value (flags).
+    pub fn i16(&self) -> i16 {
+        i16::from_ne_bytes([self.value[0], self.value[1]])
+    }
+
+    /// Puts a 32-bit value (the MTU) in the value.
+    pub fn set_i32(&mut self, v: i32) {
+        self.value[..4].copy_from_slice(&v.to_ne_bytes());
+    }
+}
+
+/// `struct rtentry` from `<net/route.h>` (x86-64 layout, 120 bytes).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RtEntry {
+    /// Unused.
+    pub pad1: u64,
+    /// Destination.
+    pub dst: SockaddrIn,
+    /// Gateway.
+    pub gateway: SockaddrIn,
+    /// Destination netmask.
+    pub genmask: SockaddrIn,
+    /// `RTF_*` flags.
+    pub flags: u16,
+    /// Unused.
+    pub pad2: i16,
+    /// Unused.
+    pub pad3: u64,
+    /// Unused (a pointer; null).
+    pub pad4: usize,
+    /// Metric.
+    pub metric: i16,
+    /// Device name pointer (null: found from the gateway).
+    pub dev: usize,
+    /// MTU.
+    pub mtu: u64,
+    /// Window.
+    pub window: u64,
+    /// Initial round trip time.
+    pub irtt: u16,
+}
+
+const _: () = assert!(std::mem::size_of::<IfReq>() == 40);
+const _: () = assert!(std::mem::size_of::<RtEntry>() == 120);
 
 /// `poll` event: data to read (or end of file).
 const POLLIN: i16 = 1;
@@ -102,6 +237,50 @@ impl SockaddrVm {
             svm_zero: [0; 4],
         }
     }
+}
+
+/// An interface ioctl (`siocif::*`) on socket `fd` with `req`, which the kernel reads and may
+/// fill in.
+pub fn ifreq(fd: BorrowedFd<'_>, request: u64, req: &mut IfReq) -> io::Result<()> {
+    // SAFETY: every `siocif` request reads and writes exactly one `struct ifreq`, whose layout
+    // `IfReq` has (40 bytes, checked above); `req` is a live exclusive reference for the call.
+    let ret = unsafe {
+        syscall6(
+            nr::IOCTL,
+            [
+                fd.as_raw_fd() as usize,
+                request as usize,
+                std::ptr::from_mut(req) as usize,
+                0,
+                0,
+                0,
+            ],
+        )
+    };
+    check(ret).map(drop)
+}
+
+/// Adds the route `rt` (SIOCADDRT) through socket `fd`. `rt.dev` must be 0 (null).
+pub fn add_route(fd: BorrowedFd<'_>, rt: &RtEntry) -> io::Result<()> {
+    if rt.dev != 0 || rt.pad4 != 0 {
+        return Err(io::Error::from_raw_os_error(22));
+    }
+    // SAFETY: SIOCADDRT reads one `struct rtentry`, whose x86-64 layout `RtEntry` has (120
+    // bytes, checked above); its pointer members are null, so the kernel follows no pointer.
+    let ret = unsafe {
+        syscall6(
+            nr::IOCTL,
+            [
+                fd.as_raw_fd() as usize,
+                SIOCADDRT as usize,
+                std::ptr::from_ref(rt) as usize,
+                0,
+                0,
+                0,
+            ],
+        )
+    };
+    check(ret).map(drop)
 }
 
 /// Issues system call `nr` with six arguments and returns the kernel's raw result.

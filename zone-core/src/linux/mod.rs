@@ -331,6 +331,17 @@ const BUSYBOX_APPLETS: &[&str] = &[
     "base64",
     "gzip",
     "sync",
+    "nc",
+    "wget",
+    "nslookup",
+    "ping",
+    "ip",
+    "ifconfig",
+    "route",
+    "netstat",
+    "timeout",
+    "tee",
+    "which",
 ];
 
 /// The newest `vmlinuz-<version>` in `boot_dir` by version order: `(version, path)`.
