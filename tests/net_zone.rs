@@ -267,3 +267,146 @@ fn ten_thousand_syns_leave_host_fds_and_flows_bounded() {
     );
     zone.kill();
 }
+
+#[test]
+fn udp_and_ping_follow_the_policy() {
+    require_linux!();
+    netlab::namespace(&["203.0.113.10"]);
+    let open = netlab::UdpEcho::bind("127.0.0.1:0");
+    let closed = netlab::UdpEcho::bind("127.0.0.1:0");
+    let net = Net::user()
+        .allow(&format!("udp host:{}", open.port()))
+        .allow("icmp 203.0.113.0/24");
+    let zone = zone_with(net);
+    let events = zone.events();
+    let reply = probe(
+        &zone,
+        &["udp", &format!("10.0.2.2:{}", open.port()), "ping?"],
+    );
+    assert_eq!(reply, "reply ping?");
+    let denied = probe(&zone, &["udp", &format!("10.0.2.2:{}", closed.port()), "x"]);
+    assert_ne!(denied, "reply x");
+    assert_eq!(closed.received(), 0);
+    netlab::wait_denial(&events, |d| {
+        d.protocol == "udp" && d.port == Some(closed.port())
+    });
+    let ping = |to: &str| {
+        zone.exec(&Command::new("ping").args(["-c", "1", "-W", "5", to]))
+            .unwrap()
+            .status
+            .success()
+    };
+    assert!(ping("10.0.2.2"), "the gateway answers pings itself");
+    // This namespace lets no group use ping sockets (net.ipv4.ping_group_range = 1 0).
+    assert!(!ping("203.0.113.10"));
+    netlab::wait_denial(&events, |d| d.rule.contains("ping_group_range"));
+    netlab::allow_ping_sockets();
+    assert!(
+        ping("203.0.113.10"),
+        "allowed once the host lets the VMM ping"
+    );
+    assert!(!ping("198.51.100.1"), "no rule");
+    zone.kill();
+}
+
+#[test]
+fn the_tap_backend_enforces_the_same_policy() {
+    require_linux!();
+    netlab::namespace(&[]);
+    netlab::tap("zt0", "10.0.3.1/24");
+    let open = Peer::echo("10.0.3.1:0");
+    let closed = Peer::echo("10.0.3.1:0");
+    let dns = Dns::serve(&[("svc.test", "10.0.3.1")]);
+    let net = Net::tap("zt0")
+        .dns_upstream(dns.addr())
+        .allow(&format!("tcp host:{}", open.port()))
+        .allow("host");
+    let zone = zone_with(net);
+    let reply = probe(
+        &zone,
+        &["send", &format!("10.0.3.1:{}", open.port()), "tap"],
+    );
+    assert_eq!(reply, "reply tap", "{}", netlab::guest_net_state(&zone));
+    let policy = NetPolicy::new().allow(&format!("tcp host:{}", open.port()));
+    zone.set_net_policy(policy).unwrap();
+    let refused = probe(&zone, &["connect", &format!("10.0.3.1:{}", closed.port())]);
+    assert_eq!(refused, "refused");
+    assert_eq!(closed.accepted(), 0);
+    assert_eq!(
+        probe(&zone, &["resolve", "svc.test"]),
+        "nxdomain",
+        "no name rule"
+    );
+    zone.set_net_policy(NetPolicy::new().allow("tcp svc.test:*").allow("host"))
+        .unwrap();
+    assert_eq!(probe(&zone, &["resolve", "svc.test"]), "addrs 10.0.3.1");
+    // Unsolicited traffic toward the guest is dropped.
+    let before = zone.net_metrics().unwrap().dropped_no_flow;
+    let s = std::net::UdpSocket::bind("10.0.3.1:0").unwrap();
+    for _ in 0..5 {
+        s.send_to(b"knock", "10.0.3.2:9999").unwrap();
+    }
+    let until = Instant::now() + common::scaled(Duration::from_secs(5));
+    while zone.net_metrics().unwrap().dropped_no_flow < before + 5 {
+        assert!(Instant::now() < until, "{:?}", zone.net_metrics());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    zone.kill();
+}
+
+#[test]
+fn pause_stops_flows_and_resume_continues_them() {
+    require_linux!();
+    netlab::namespace(&[]);
+    let source = Peer::stream("127.0.0.1:0");
+    let zone = zone_with(Net::user().allow(&format!("tcp host:{}", source.port())));
+    let _transfer = zone
+        .spawn(
+            &Command::new("/bin/netprobe").args(["stream", &format!("10.0.2.2:{}", source.port())]),
+        )
+        .unwrap();
+    netlab::wait_rx(&zone, 1 << 20);
+    zone.pause().unwrap();
+    let frozen = zone.net_metrics().unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let later = zone.net_metrics().unwrap();
+    assert_eq!(
+        (later.rx_bytes, later.tx_bytes),
+        (frozen.rx_bytes, frozen.tx_bytes),
+        "no frame moved while paused"
+    );
+    zone.resume().unwrap();
+    netlab::wait_rx(&zone, frozen.rx_bytes + (1 << 20));
+    zone.kill();
+}
+
+#[test]
+fn a_rate_limit_caps_a_transfer_and_can_be_lifted() {
+    require_linux!();
+    netlab::namespace(&[]);
+    use zones::net::{Direction, RateLimit};
+    let source = Peer::stream("127.0.0.1:0");
+    let limit = 200_000u64;
+    let net = Net::user()
+        .allow(&format!("tcp host:{}", source.port()))
+        .rate_limit(Direction::Ingress, RateLimit::bytes_per_sec(limit));
+    let zone = zone_with(net);
+    let _transfer = zone
+        .spawn(
+            &Command::new("/bin/netprobe").args(["stream", &format!("10.0.2.2:{}", source.port())]),
+        )
+        .unwrap();
+    netlab::wait_rx(&zone, 300_000);
+    let (start, at) = (zone.net_metrics().unwrap().rx_bytes, Instant::now());
+    std::thread::sleep(Duration::from_secs(3));
+    let got = zone.net_metrics().unwrap().rx_bytes - start;
+    let secs = at.elapsed().as_secs_f64();
+    // At most the limit (plus one burst of a frame's worth); a cap, not a speed.
+    assert!(
+        (got as f64) <= limit as f64 * secs + 70_000.0,
+        "{got} bytes in {secs:.2} s under a {limit} B/s limit"
+    );
+    zone.set_net_rate_limit(Direction::Ingress, None).unwrap();
+    netlab::wait_rx(&zone, start + got + 4 * limit);
+    zone.kill();
+}

@@ -50,6 +50,50 @@ pub fn sinkhole(net: &str) {
     ip(&["route", "add", net, "dev", "sink"]);
 }
 
+/// Creates TAP `name` with address `cidr` on the host side, up.
+pub fn tap(name: &str, cidr: &str) {
+    ip(&["tuntap", "add", "dev", name, "mode", "tap"]);
+    ip(&["addr", "add", cidr, "dev", name]);
+    ip(&["link", "set", name, "up"]);
+}
+
+/// Lets every group open ICMP echo sockets in this namespace.
+pub fn allow_ping_sockets() {
+    std::fs::write("/proc/sys/net/ipv4/ping_group_range", "0 2147483647")
+        .expect("ping_group_range");
+}
+
+/// A UDP peer that echoes every datagram.
+pub struct UdpEcho {
+    port: u16,
+    received: Arc<AtomicU64>,
+}
+
+impl UdpEcho {
+    pub fn bind(at: &str) -> Self {
+        let socket = UdpSocket::bind(at).expect("bind");
+        let port = socket.local_addr().unwrap().port();
+        let received: Arc<AtomicU64> = Arc::default();
+        let count = received.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 2048];
+            while let Ok((n, from)) = socket.recv_from(&mut buf) {
+                count.fetch_add(1, Ordering::SeqCst);
+                let _ = socket.send_to(&buf[..n], from);
+            }
+        });
+        Self { port, received }
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn received(&self) -> u64 {
+        self.received.load(Ordering::SeqCst)
+    }
+}
+
 /// A TCP peer on the namespace's loopback.
 pub struct Peer {
     addr: SocketAddr,

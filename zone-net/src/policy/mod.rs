@@ -165,8 +165,9 @@ impl NetPolicy {
     }
 
     /// Judges a DNS query for `name` (lower case, no trailing dot): the first name rule that
-    /// matches decides; without one, the query goes if some address or group rule allows
-    /// anything (its answers are then judged flow by flow), else it is denied.
+    /// matches decides; without one, the query goes if an allow rule names addresses that DNS
+    /// answers (`public`, `private` or a range: its answers are then judged flow by flow), else
+    /// it is denied. Rules for the host, link-local or metadata addresses open no names.
     pub fn judge_name(&self, name: &str) -> NameVerdict {
         for (i, rule) in self.rules.iter().enumerate() {
             if let Destination::Domain(p) = &rule.destination
@@ -181,10 +182,16 @@ impl NetPolicy {
                 };
             }
         }
-        let any_address_allow = self
-            .rules
-            .iter()
-            .any(|r| r.action == Action::Allow && !matches!(r.destination, Destination::Domain(_)));
+        let any_address_allow = self.rules.iter().any(|r| {
+            r.action == Action::Allow
+                && match r.destination {
+                    Destination::Range(_) => true,
+                    Destination::Group(g) => {
+                        matches!(g, AddressClass::Public | AddressClass::Private)
+                    }
+                    Destination::Domain(_) => false,
+                }
+        });
         match any_address_allow {
             true => NameVerdict::Allow {
                 pin: false,

@@ -170,6 +170,12 @@ fn names_are_judged_by_name_rules_first() {
             rule: None
         }
     );
+    let host_only = NetPolicy::new().allow("tcp host:8080").allow("metadata");
+    assert_eq!(
+        host_only.judge_name("other.test"),
+        NameVerdict::Deny { rule: None },
+        "rules for the host or metadata open no names"
+    );
 }
 
 #[test]
