@@ -407,3 +407,27 @@ fn boots_a_minimal_kernel_with_drivers_built_in() {
     }
     std::fs::remove_dir_all(&disk_dir).unwrap();
 }
+
+/// A guest that takes the vsock device from its driver breaks the exec channel: once the agent
+/// has answered, the next exec fails fast (bounded by its timeout), not after the 120 s boot wait.
+#[test]
+fn a_broken_exec_channel_fails_fast() {
+    require_linux!();
+    let zone = zone(boot(), 1, 256);
+    run(&zone, &sh("true"));
+    let unbind = "cd /sys/bus/virtio/drivers/vmw_vsock_virtio_transport && \
+                  for d in virtio*; do echo $d > unbind; done";
+    let _ = zone.exec(&sh(unbind).timeout(Duration::from_secs(5)));
+    let started = Instant::now();
+    let r = zone.exec(&Command::new("true").timeout(Duration::from_secs(5)));
+    let took = started.elapsed();
+    assert!(matches!(r, Err(ExecError::AgentLost { .. })), "{r:?}");
+    assert!(
+        took < Duration::from_secs(5)
+            + common::scaled(Duration::from_secs(1))
+            + Duration::from_secs(5),
+        "took {took:?}"
+    );
+    assert_eq!(zone.state(), ZoneState::Running, "the zone itself is fine");
+    zone.kill();
+}

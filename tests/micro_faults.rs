@@ -159,3 +159,31 @@ fn stack_overflow_hits_the_guard_page() {
         "guard page is not present"
     );
 }
+
+/// Stray accesses to the hypercall port's bytes are the guest's doing: refused and reported as
+/// violations; they neither end the zone nor pass for a VMM crash.
+#[test]
+fn stray_hypercall_port_accesses_are_violations() {
+    require_kvm!();
+    let zone = Zone::builder()
+        .memory_mib(8)
+        .micro(guest!("STRAY_PORTS"))
+        .build()
+        .unwrap();
+    let events = zone.events();
+    assert_eq!(zone.wait(), ZoneExit::Exited(0));
+    let violations: Vec<_> = events
+        .drain()
+        .into_iter()
+        .filter_map(|e| match e {
+            ZoneEvent::Violation(v) => Some(v.detail),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(violations.len(), 4, "{violations:?}");
+    assert!(violations[0].contains("port 0xe1"), "{violations:?}");
+    assert!(violations[1].contains("2-byte write to I/O port 0xe2"));
+    assert!(violations[2].contains("1-byte write to I/O port 0xe0"));
+    assert!(violations[3].contains("read from I/O port 0xe0"));
+    assert_eq!(zone.metrics().hypercalls.rejected, 4);
+}

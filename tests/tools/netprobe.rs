@@ -8,6 +8,11 @@
 //! netprobe udp ADDR:PORT TEXT              sends a datagram, prints the reply: reply <text>
 //! netprobe resolve NAME                    addrs <a,b> | nxdomain | noanswer | timeout | rcode <n>
 //! netprobe synflood ADDR FIRST COUNT       sends COUNT connection requests to ports FIRST..
+//! netprobe upload ADDR:PORT BYTES          sends BYTES, then waits for the peer to close:
+//!                                          upload <bytes> <microseconds>
+//! netprobe download ADDR:PORT              reads until the peer closes: download <bytes> <us>
+//! netprobe rr ADDR:PORT COUNT              COUNT one-byte request/response round trips on one
+//!                                          connection: rr <count> <microseconds>
 //! ```
 
 use std::io::{ErrorKind, Read, Write};
@@ -170,6 +175,60 @@ fn main() {
             }
         }
         "resolve" => resolve(arg(1)),
+        "upload" => match connect(arg(1), 10) {
+            Ok(mut s) => {
+                let total: u64 = arg(2).parse().expect("bytes");
+                let chunk = vec![0u8; 1 << 16];
+                let started = Instant::now();
+                let mut sent = 0u64;
+                let mut result = Ok(());
+                while sent < total && result.is_ok() {
+                    let n = (total - sent).min(chunk.len() as u64) as usize;
+                    result = s.write_all(&chunk[..n]);
+                    sent += n as u64;
+                }
+                let _ = s.shutdown(std::net::Shutdown::Write);
+                let mut rest = Vec::new();
+                let _ = s.read_to_end(&mut rest);
+                match result {
+                    Ok(()) => format!("upload {sent} {}", started.elapsed().as_micros()),
+                    Err(e) => outcome(&e),
+                }
+            }
+            Err(e) => e,
+        },
+        "download" => match connect(arg(1), 10) {
+            Ok(mut s) => {
+                let mut buf = vec![0u8; 1 << 16];
+                let started = Instant::now();
+                let mut total = 0u64;
+                loop {
+                    match s.read(&mut buf) {
+                        Ok(0) => break format!("download {total} {}", started.elapsed().as_micros()),
+                        Ok(n) => total += n as u64,
+                        Err(e) => break outcome(&e),
+                    }
+                }
+            }
+            Err(e) => e,
+        },
+        "rr" => match connect(arg(1), 10) {
+            Ok(mut s) => {
+                let _ = s.set_nodelay(true);
+                let count: u32 = arg(2).parse().expect("count");
+                let mut b = [0u8; 1];
+                let started = Instant::now();
+                let mut done = 0;
+                while done < count {
+                    if s.write_all(&[7]).and_then(|()| s.read_exact(&mut b)).is_err() {
+                        break;
+                    }
+                    done += 1;
+                }
+                format!("rr {done} {}", started.elapsed().as_micros())
+            }
+            Err(e) => e,
+        },
         "synflood" => {
             let ip: Ipv4Addr = arg(1).parse().expect("address");
             synflood(ip, arg(2).parse().expect("first port"), arg(3).parse().expect("count"))

@@ -17,6 +17,11 @@ pub const DEFAULT_READY_TIMEOUT: Duration = Duration::from_secs(120);
 pub const DEFAULT_OUTPUT_LIMIT: usize = 256 << 20;
 /// Longest wait that stands for "no deadline".
 const FOREVER: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+/// Once the agent has answered, how long a new connection (and the command's start) may take
+/// before the agent counts as lost: a healthy agent answers in milliseconds.
+pub const AGENT_ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long after a command's timeout the agent has to report that it killed it.
+const TIMEOUT_GRACE: Duration = Duration::from_secs(5);
 
 /// A command to run in a Linux zone, in the style of `std::process::Command`.
 #[derive(Clone, Debug)]
@@ -99,6 +104,12 @@ impl Command {
     pub fn output_limit(mut self, bytes: usize) -> Self {
         self.output_limit = bytes;
         self
+    }
+
+    /// When the whole call must be over: the command's timeout (with a grace for the agent to
+    /// report the kill), counted from `start`.
+    fn deadline(&self, start: Instant) -> Option<Instant> {
+        self.timeout.map(|t| start + t + TIMEOUT_GRACE)
     }
 
     fn request(&self, stdin: bool) -> ExecRequest {
@@ -240,8 +251,8 @@ pub enum ExecError {
         /// What happened.
         detail: String,
     },
-    /// The agent could not start the program.
-    #[error("zone {zone}: {message}")]
+    /// The agent could not start the program (its message quotes the guest: escaped).
+    #[error("zone {zone}: {}", crate::text::escaped(message))]
     Spawn {
         /// The zone.
         zone: String,
@@ -297,6 +308,8 @@ pub struct Process {
     pid: u32,
     finished: bool,
     output_limit: usize,
+    /// The command's timeout (plus a grace), if it has one: no read waits beyond it.
+    deadline: Instant,
 }
 
 impl std::fmt::Debug for Process {
@@ -317,7 +330,7 @@ impl Process {
     fn send(&mut self, kind: u8, payload: &[u8]) -> Result<(), ExecError> {
         let mut io = Io {
             stream: &self.stream,
-            deadline: Instant::now() + FOREVER,
+            deadline: self.deadline,
         };
         proto::write_frame(&mut io, kind, payload).map_err(|e| self.lost(e))
     }
@@ -345,7 +358,7 @@ impl Process {
         if self.finished {
             return Ok(None);
         }
-        let event = read_event(&self.stream, &self.zone)?;
+        let event = read_event(&self.stream, &self.zone, self.deadline)?;
         self.finished = matches!(event, ProcessEvent::Exited(_));
         Ok(Some(event))
     }
@@ -355,7 +368,7 @@ impl Process {
         if self.finished {
             return Ok(Output::default());
         }
-        collect(&self.stream, &self.zone, self.output_limit)
+        collect(&self.stream, &self.zone, self.output_limit, self.deadline)
     }
 
     fn lost(&self, e: io::Error) -> ExecError {
@@ -363,16 +376,17 @@ impl Process {
     }
 }
 
-/// Reads one event of a running command.
-fn read_event(stream: &Stream, zone: &ZoneHandle) -> Result<ProcessEvent, ExecError> {
+/// Reads one event of a running command, by `deadline`.
+fn read_event(
+    stream: &Stream,
+    zone: &ZoneHandle,
+    deadline: Instant,
+) -> Result<ProcessEvent, ExecError> {
     let protocol = |detail: String| ExecError::Protocol {
         zone: zone.name().to_string(),
         detail,
     };
-    let mut io = Io {
-        stream,
-        deadline: Instant::now() + FOREVER,
-    };
+    let mut io = Io { stream, deadline };
     let frame = proto::read_frame(&mut io).map_err(|e| lost(zone, e))?;
     let Some((k, payload)) = frame else {
         let eof = io::Error::new(
@@ -396,8 +410,14 @@ fn read_event(stream: &Stream, zone: &ZoneHandle) -> Result<ProcessEvent, ExecEr
     }
 }
 
-/// Reads events until the command exits, keeping at most `limit` bytes of each stream.
-fn collect(stream: &Stream, zone: &ZoneHandle, limit: usize) -> Result<Output, ExecError> {
+/// Reads events until the command exits (by `deadline`), keeping at most `limit` bytes of each
+/// stream.
+fn collect(
+    stream: &Stream,
+    zone: &ZoneHandle,
+    limit: usize,
+    deadline: Instant,
+) -> Result<Output, ExecError> {
     let mut out = Output::default();
     let keep = |buf: &mut Vec<u8>, data: Vec<u8>, truncated: &mut bool| {
         let room = limit.saturating_sub(buf.len());
@@ -405,7 +425,7 @@ fn collect(stream: &Stream, zone: &ZoneHandle, limit: usize) -> Result<Output, E
         buf.extend_from_slice(&data[..data.len().min(room)]);
     };
     loop {
-        match read_event(stream, zone)? {
+        match read_event(stream, zone, deadline)? {
             ProcessEvent::Stdout(d) => keep(&mut out.stdout, d, &mut out.truncated),
             ProcessEvent::Stderr(d) => keep(&mut out.stderr, d, &mut out.truncated),
             ProcessEvent::Exited(status) => {
@@ -416,12 +436,9 @@ fn collect(stream: &Stream, zone: &ZoneHandle, limit: usize) -> Result<Output, E
     }
 }
 
-/// Sends `input` as stdin frames, then end of input.
-fn feed(stream: &Stream, input: &[u8]) -> io::Result<()> {
-    let mut io = Io {
-        stream,
-        deadline: Instant::now() + FOREVER,
-    };
+/// Sends `input` as stdin frames, then end of input, by `deadline`.
+fn feed(stream: &Stream, input: &[u8], deadline: Instant) -> io::Result<()> {
+    let mut io = Io { stream, deadline };
     for chunk in input.chunks(proto::DATA_CHUNK) {
         proto::write_frame(&mut io, kind::STDIN, chunk)?;
     }
@@ -443,7 +460,10 @@ fn lost(zone: &ZoneHandle, e: io::Error) -> ExecError {
 }
 
 impl ZoneHandle {
-    fn agent_stream(&self, ready: Duration) -> Result<Stream, ExecError> {
+    /// A connection to the agent. Before the agent has ever answered, waits up to `ready` for
+    /// the guest to boot; once it has, a connection it does not answer within
+    /// [`AGENT_ANSWER_TIMEOUT`] means the agent is lost. Never waits past `deadline`.
+    fn agent_stream(&self, ready: Duration, deadline: Instant) -> Result<Stream, ExecError> {
         let zone = || self.name().to_string();
         let backend = self
             .shared
@@ -451,7 +471,9 @@ impl ZoneHandle {
             .find::<Backend>()
             .ok_or_else(|| ExecError::NoAgent { zone: zone() })?;
         let started = Instant::now();
-        let deadline = started + ready;
+        let seen = backend.agent_seen();
+        let bound = if seen { AGENT_ANSWER_TIMEOUT } else { ready };
+        let deadline = deadline.min(started + bound);
         // A connection attempt made before the guest's vsock driver is up waits in the device
         // until it is; after that, each refused attempt is one round trip through the guest, so
         // retrying often is cheap, and a short cap keeps the wait after the agent starts
@@ -462,8 +484,11 @@ impl ZoneHandle {
                 return Err(ExecError::ZoneStopped { zone: zone(), exit });
             }
             match backend.connect(proto::AGENT_PORT, deadline) {
-                Ok(stream) => return Ok(stream),
-                // Not listening yet (still booting): try again shortly.
+                Ok(stream) => {
+                    backend.mark_agent_seen();
+                    return Ok(stream);
+                }
+                // Not listening yet (still booting), or restarting: try again shortly.
                 Err(VsockError::Refused | VsockError::Reset) if Instant::now() < deadline => {
                     std::thread::sleep(pause);
                     pause = (pause * 2).min(Duration::from_millis(10));
@@ -473,6 +498,15 @@ impl ZoneHandle {
                         .wait_timeout(Duration::from_secs(5))
                         .unwrap_or(ZoneExit::Killed);
                     return Err(ExecError::ZoneStopped { zone: zone(), exit });
+                }
+                Err(_) if seen => {
+                    return Err(ExecError::AgentLost {
+                        zone: zone(),
+                        detail: format!(
+                            "the agent answered before but not a new connection within {:?}",
+                            started.elapsed()
+                        ),
+                    });
                 }
                 Err(_) => {
                     return Err(ExecError::AgentNotReady {
@@ -486,10 +520,11 @@ impl ZoneHandle {
 
     /// Waits until the zone's agent answers, at most `timeout` (boot included).
     pub fn wait_ready(&self, timeout: Duration) -> Result<AgentInfo, ExecError> {
-        let stream = self.agent_stream(timeout)?;
+        let deadline = Instant::now() + timeout;
+        let stream = self.agent_stream(timeout, deadline)?;
         let mut io = Io {
             stream: &stream,
-            deadline: Instant::now() + timeout,
+            deadline,
         };
         proto::write_frame(&mut io, kind::PING, &[]).map_err(|e| lost(self, e))?;
         match proto::read_frame(&mut io).map_err(|e| lost(self, e))? {
@@ -505,24 +540,29 @@ impl ZoneHandle {
     }
 
     /// Starts `cmd` and returns it running, stdin open. Waits for the agent first if the zone is
-    /// still booting (up to [`DEFAULT_READY_TIMEOUT`]).
+    /// still booting (up to [`DEFAULT_READY_TIMEOUT`]). The command's timeout, if it has one,
+    /// bounds everything: the connection, the start and every read.
     pub fn spawn(&self, cmd: &Command) -> Result<Process, ExecError> {
         self.start(cmd, true)
     }
 
     fn start(&self, cmd: &Command, stdin: bool) -> Result<Process, ExecError> {
-        let stream = self.agent_stream(DEFAULT_READY_TIMEOUT)?;
+        let now = Instant::now();
+        let deadline = cmd.deadline(now).unwrap_or(now + FOREVER);
+        let stream = self.agent_stream(DEFAULT_READY_TIMEOUT, deadline)?;
         let mut process = Process {
             zone: self.clone(),
             stream,
             pid: 0,
             finished: false,
             output_limit: cmd.output_limit,
+            deadline,
         };
         process.send(kind::EXEC, &cmd.request(stdin).encode())?;
+        // The agent answers at once; one that does not is lost.
         let mut io = Io {
             stream: &process.stream,
-            deadline: Instant::now() + FOREVER,
+            deadline: deadline.min(Instant::now() + AGENT_ANSWER_TIMEOUT),
         };
         match proto::read_frame(&mut io).map_err(|e| lost(self, e))? {
             Some((kind::STARTED, p)) if p.len() == 4 => {
@@ -552,8 +592,8 @@ impl ZoneHandle {
         std::thread::scope(|scope| {
             // A command that exits without reading all of its input ends the feed with an
             // error; its output is what counts.
-            let feeder = scope.spawn(|| feed(stream, input));
-            let output = collect(stream, self, cmd.output_limit);
+            let feeder = scope.spawn(|| feed(stream, input, process.deadline));
+            let output = collect(stream, self, cmd.output_limit, process.deadline);
             let _ = feeder.join();
             output
         })

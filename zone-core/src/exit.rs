@@ -8,7 +8,8 @@ use std::fmt;
 pub enum ZoneExit {
     /// The guest ended itself with this exit code.
     Exited(i32),
-    /// The guest program panicked; the message is its panic report.
+    /// The guest panicked; the message is its panic report (the guest's text: `Display` escapes
+    /// its control characters).
     Panicked(String),
     /// A CPU exception in the guest ended the zone.
     Fault(Fault),
@@ -31,7 +32,7 @@ impl fmt::Display for ZoneExit {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::Exited(code) => write!(f, "exited with code {code}"),
-            Self::Panicked(msg) => write!(f, "guest panicked: {msg}"),
+            Self::Panicked(msg) => write!(f, "guest panicked: {}", crate::text::escaped(msg)),
             Self::Fault(fault) => write!(f, "{fault}"),
             Self::Killed => f.write_str("killed"),
             Self::DeadlineExceeded => f.write_str("deadline exceeded"),
@@ -173,5 +174,18 @@ impl fmt::Display for Exception {
             Self::Other(v) => return write!(f, "exception {v}"),
         };
         f.write_str(name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn guest_text_is_escaped_when_displayed() {
+        let exit = ZoneExit::Panicked("boom\u{1b}[2J\nINFO all good".into());
+        let shown = exit.to_string();
+        assert!(!shown.chars().any(char::is_control), "{shown:?}");
+        assert_eq!(shown, "guest panicked: boom\\u{1b}[2J\\nINFO all good");
     }
 }

@@ -45,8 +45,8 @@ pub use device::DeviceCounters;
 pub use devices::virtio::vsock::backend::VsockError;
 pub use events::{Denial, EVENT_QUEUE_CAPACITY, EventStream, Violation, ZoneEvent};
 pub use exec::{
-    AgentInfo, Command, DEFAULT_OUTPUT_LIMIT, DEFAULT_READY_TIMEOUT, ExecError, ExitStatus, Output,
-    Process, ProcessEvent,
+    AGENT_ANSWER_TIMEOUT, AgentInfo, Command, DEFAULT_OUTPUT_LIMIT, DEFAULT_READY_TIMEOUT,
+    ExecError, ExitStatus, Output, Process, ProcessEvent,
 };
 pub use exit::{Exception, Fault, ZoneExit};
 pub use host_fn::{HostCall, HostFnError, HostFnNameError, HostFnResult};

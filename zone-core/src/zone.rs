@@ -24,7 +24,7 @@ pub(crate) struct ZoneShared {
     pub(crate) name: String,
     pub(crate) control: Control,
     pub(crate) metrics: Metrics,
-    pub(crate) events: EventBus,
+    pub(crate) events: Arc<EventBus>,
     pub(crate) console: ConsoleBuffer,
     pub(crate) console_limit: usize,
     pub(crate) kickers: Vec<Kicker>,
@@ -68,11 +68,11 @@ impl ZoneShared {
     /// Reports a refused guest request.
     pub(crate) fn violation(&self, vcpu: u32, control: &'static str, detail: String) {
         self.metrics.rejected();
-        self.events.emit(ZoneEvent::Violation(Violation {
-            vcpu: Some(vcpu),
+        self.events.emit(ZoneEvent::Violation(Violation::new(
+            Some(vcpu),
             control,
             detail,
-        }));
+        )));
     }
 }
 
@@ -88,11 +88,7 @@ impl ZoneShared {
                 self.console_limit
             );
             self.metrics.rejected();
-            let violation = Violation {
-                vcpu,
-                control: "console",
-                detail,
-            };
+            let violation = Violation::new(vcpu, "console", detail);
             self.events.emit(ZoneEvent::Violation(violation));
         }
     }

@@ -236,8 +236,8 @@ pub fn queues(data: &[u8]) {
 }
 
 /// Seed inputs for the fuzz targets, built from the frames and chains a Linux guest sends:
-/// `(target, name, bytes)`. `cargo test -p zone-net write_fuzz_seeds -- --ignored` writes them
-/// to `fuzz/seeds/<target>/`.
+/// `(target, name, bytes)`. `cargo test --test fuzz_seeds -- --ignored` writes them to
+/// `fuzz/seeds/<target>/`.
 pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
     use etherparse::{PacketBuilder, TcpOptionElement};
     let guest_mac = [0x52, 0x54, 0, 0x12, 0x34, 0x56];
@@ -415,17 +415,6 @@ mod tests {
                 "dns_answer" => dns_answer(&bytes),
                 other => panic!("unknown target {other} ({name})"),
             }
-        }
-    }
-
-    #[test]
-    #[ignore = "writes fuzz/seeds; run by hand when the seeds change"]
-    fn write_fuzz_seeds() {
-        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/seeds");
-        for (target, name, bytes) in seeds() {
-            let dir = root.join(target);
-            std::fs::create_dir_all(&dir).unwrap();
-            std::fs::write(dir.join(name), bytes).unwrap();
         }
     }
 }

@@ -53,11 +53,9 @@ impl DeviceHost {
     pub fn violation(&self, control: &'static str, detail: String) {
         if let Some(shared) = self.shared.upgrade() {
             shared.metrics.rejected();
-            shared.events.emit(ZoneEvent::Violation(Violation {
-                vcpu: None,
-                control,
-                detail,
-            }));
+            shared
+                .events
+                .emit(ZoneEvent::Violation(Violation::new(None, control, detail)));
         }
     }
 

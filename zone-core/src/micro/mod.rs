@@ -226,10 +226,10 @@ pub(crate) struct MicroExits {
 impl GuestExits for MicroExits {
     fn io_out(&self, cx: &VcpuCtx<'_>, port: u16, data: &[u8]) -> Flow {
         match port {
-            HYPERCALL_PORT => {
+            // The ABI's only way out: `out dx, eax` to the hypercall port, all four bytes.
+            HYPERCALL_PORT if data.len() == 4 => {
                 let mut nr = [0u8; 4];
-                let n = data.len().min(4);
-                nr[..n].copy_from_slice(&data[..n]);
+                nr.copy_from_slice(data);
                 match self
                     .dispatcher
                     .handle(cx.index, u32::from_le_bytes(nr), self.shared.as_ref())
@@ -240,7 +240,20 @@ impl GuestExits for MicroExits {
                 }
             }
             FAULT_PORT => report_fault(cx, &self.dispatcher.mem),
-            other => unexpected(cx, format!("write to I/O port {other:#x}")),
+            // The I/O bitmap has to open the four bytes of the hypercall port for `out dx, eax`;
+            // any other access to them (or to a port the bitmap closes, should a KVM not honour
+            // it) is the guest's doing: refused, reported, and the guest goes on.
+            other => {
+                self.shared.violation(
+                    cx.index,
+                    "hypercall",
+                    format!(
+                        "stray {}-byte write to I/O port {other:#x}; a hypercall is `out dx, eax`                          to port {HYPERCALL_PORT:#x}",
+                        data.len()
+                    ),
+                );
+                Flow::Continue
+            }
         }
     }
 

@@ -112,6 +112,8 @@ pub(crate) struct Backend {
     state: Mutex<State>,
     cv: Condvar,
     kick: EventFd,
+    /// The agent has answered a connection since the zone started.
+    agent_seen: std::sync::atomic::AtomicBool,
 }
 
 impl Backend {
@@ -124,7 +126,38 @@ impl Backend {
             }),
             cv: Condvar::new(),
             kick: EventFd::new(libc::EFD_NONBLOCK)?,
+            agent_seen: std::sync::atomic::AtomicBool::new(false),
         })
+    }
+
+    /// Records that the agent answered a connection.
+    pub(crate) fn mark_agent_seen(&self) {
+        self.agent_seen
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Whether the agent has answered a connection since the zone started.
+    pub(crate) fn agent_seen(&self) -> bool {
+        self.agent_seen.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The guest reset the device (its driver went away): every connection is gone. Streams see
+    /// a reset at once instead of waiting for packets that will never come; new connections
+    /// wait for the driver to come back.
+    pub(crate) fn device_reset(&self) {
+        let mut st = self.lock();
+        for conn in st.conns.values_mut() {
+            if conn.state != ConnState::Refused {
+                conn.state = ConnState::Reset;
+            }
+            conn.need_request = false;
+            conn.need_credit = false;
+            conn.need_shutdown = false;
+            conn.need_rst = false;
+        }
+        st.orphans.clear();
+        drop(st);
+        self.cv.notify_all();
     }
 
     /// The eventfd the device worker waits on for host-side news.

@@ -178,6 +178,13 @@ impl VsockQueues {
     }
 }
 
+impl Drop for VsockQueues {
+    /// The queues go when the driver resets the device (or the zone stops): connections die.
+    fn drop(&mut self) {
+        self.backend.device_reset();
+    }
+}
+
 impl QueueHandler for VsockQueues {
     fn queue_notified(&mut self, index: usize) {
         self.service(index == TX);

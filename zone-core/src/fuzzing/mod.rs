@@ -1,5 +1,7 @@
 //! Entry points for the fuzz targets in `fuzz/` (not a stable API).
 
+pub mod seeds;
+
 use crate::host_fn::{HostFunctions, u64_adapter};
 use crate::memory::{AccessMap, Span};
 use crate::metrics::HypercallKind;

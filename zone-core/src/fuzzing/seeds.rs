@@ -1,0 +1,149 @@
+//! Seed inputs for zone-core's fuzz targets, in each target's own input format: what a guest
+//! really sends (hypercalls the guest runtime makes, the requests Linux's virtio-blk driver
+//! makes, a vsock session as the agent runs it). The ELF loader's seeds are the guest programs
+//! the build produces (written by the `zones` crate's seed test).
+
+use super::{DATA, RODATA};
+
+/// `(target, name, bytes)` for hypercall_args, blk_request and vsock_packets.
+pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
+    let mut seeds = Vec::new();
+    for (name, input) in hypercalls() {
+        seeds.push(("hypercall_args", name.to_string(), input));
+    }
+    for (name, input) in block_requests() {
+        seeds.push(("blk_request", name.to_string(), input));
+    }
+    seeds.push(("vsock_packets", "session".into(), vsock_session()));
+    seeds
+}
+
+/// A hypercall input: number, six argument words, then the read-only page (after the names)
+/// and the data page.
+fn hypercall(nr: u32, args: [u64; 6], data: &[u8]) -> Vec<u8> {
+    let mut v = nr.to_le_bytes().to_vec();
+    for a in args {
+        v.extend_from_slice(&a.to_le_bytes());
+    }
+    if !data.is_empty() {
+        // The read-only part fills its page (minus the names), then the data page starts.
+        v.resize(52 + zone_guest::abi::PAGE_SIZE as usize - 16, 0);
+        v.extend_from_slice(data);
+    }
+    v
+}
+
+fn hypercalls() -> Vec<(&'static str, Vec<u8>)> {
+    let two_words: Vec<u8> = [40u64, 2].iter().flat_map(|w| w.to_le_bytes()).collect();
+    vec![
+        (
+            "console",
+            hypercall(1, [DATA, 12, 0, 0, 0, 0], b"hello, zone\n"),
+        ),
+        (
+            "host-add",
+            hypercall(4, [RODATA, 3, DATA, 16, DATA + 64, 8], &two_words),
+        ),
+        (
+            "host-echo",
+            hypercall(4, [RODATA + 4, 4, DATA, 5, DATA + 64, 64], b"bytes"),
+        ),
+        (
+            "host-unknown",
+            hypercall(4, [DATA, 4, DATA, 0, DATA + 64, 8], b"nope"),
+        ),
+        (
+            "host-small-output",
+            hypercall(4, [RODATA + 4, 4, DATA, 32, DATA + 64, 2], &[7; 32]),
+        ),
+        ("bad-pointer", hypercall(1, [0, 64, 0, 0, 0, 0], &[])),
+        ("too-large", hypercall(1, [DATA, 1 << 30, 0, 0, 0, 0], b"x")),
+        ("exit", hypercall(2, [7, 0, 0, 0, 0, 0], &[])),
+        ("panic", hypercall(3, [DATA, 4, 0, 0, 0, 0], b"boom")),
+        ("idle", hypercall(5, [0; 6], &[])),
+        ("unknown", hypercall(99, [0; 6], &[])),
+    ]
+}
+
+/// A block request in the target's encoding: options, head, count, then 4 bytes a descriptor,
+/// then the request buffers (the 16-byte header first).
+fn block_request(options: u8, descs: &[[u8; 4]], request_type: u32, sector: u64) -> Vec<u8> {
+    let mut v = vec![options, 0, descs.len() as u8];
+    for d in descs {
+        v.extend_from_slice(d);
+    }
+    v.extend_from_slice(&request_type.to_le_bytes());
+    v.extend_from_slice(&[0; 4]);
+    v.extend_from_slice(&sector.to_le_bytes());
+    v
+}
+
+fn block_requests() -> Vec<(&'static str, Vec<u8>)> {
+    // Descriptor bytes: address slot (64-byte units), then length class | 0x10 device-writable
+    // | 0x20 next.
+    let header = [0, 0x20, 0, 0];
+    let status = [10, 0x11, 0, 0];
+    let data_in = [1, 0x34, 0, 0];
+    let data_out = [1, 0x24, 0, 0];
+    let id = [1, 0x32, 0, 0];
+    vec![
+        ("read", block_request(2, &[header, data_in, status], 0, 1)),
+        ("write", block_request(2, &[header, data_out, status], 1, 2)),
+        (
+            "write-read-only",
+            block_request(3, &[header, data_out, status], 1, 2),
+        ),
+        ("flush", block_request(2, &[header, [10, 0x11, 0, 0]], 4, 0)),
+        ("get-id", block_request(2, &[header, id, status], 8, 0)),
+        (
+            "beyond-the-disk",
+            block_request(2, &[header, data_in, status], 0, 1 << 40),
+        ),
+        ("no-status", block_request(2, &[header, data_in], 0, 1)),
+    ]
+}
+
+/// A vsock session: the host opens a stream, the guest answers, data both ways, credit, drains,
+/// shutdown and reset.
+fn vsock_session() -> Vec<u8> {
+    let packet = |op: u16, len: u32| {
+        let mut h = [0u8; 44];
+        h[24..28].copy_from_slice(&len.to_le_bytes());
+        h[28] = 1; // stream
+        h[30..32].copy_from_slice(&op.to_le_bytes());
+        h[36..40].copy_from_slice(&65536u32.to_le_bytes());
+        h
+    };
+    // Script ops: 4 open, 0xc0 a well-addressed packet to the first stream, 1 (7) read, 2
+    // (8) write, 3 (9) drain toward the guest, 5 drop the stream.
+    let mut s = vec![4u8, 9, 0xc0];
+    s.extend_from_slice(&packet(2, 0)); // RESPONSE
+    s.push(0xc0);
+    s.extend_from_slice(&packet(5, 5)); // RW "hello"
+    s.extend_from_slice(b"hello");
+    s.extend_from_slice(&[7, 8, 9, 0xc0]);
+    s.extend_from_slice(&packet(6, 0)); // CREDIT_UPDATE
+    s.push(0xc0);
+    s.extend_from_slice(&packet(4, 0)); // SHUTDOWN
+    s.extend_from_slice(&[7, 9, 0xc0]);
+    s.extend_from_slice(&packet(3, 0)); // RST
+    s.extend_from_slice(&[5, 9]);
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seeds_run_through_their_targets() {
+        for (target, name, bytes) in seeds() {
+            match target {
+                "hypercall_args" => super::super::hypercall(&bytes),
+                "blk_request" => super::super::blk_request(&bytes),
+                "vsock_packets" => super::super::vsock(&bytes),
+                other => panic!("unknown target {other} ({name})"),
+            }
+        }
+    }
+}
