@@ -1,12 +1,12 @@
 //! Network throughput and latency of a Linux zone's user-space network against QEMU's virtio-net
 //! with `-netdev user` (slirp) and with passt, same kernel, same guest tool, same host peers, in
-//! one lab run: `lab/test --bench net_zone`. Elsewhere it prints SKIPPED.
+//! one lab run: `LAB_TIMEOUT=1800 lab/test --bench net_zone`. Elsewhere it prints SKIPPED.
 //!
 //! Each variant boots the host's kernel (1 vCPU, 256 MiB) and runs the static `netprobe` tool
 //! against servers on the host's loopback, reached at the gateway 10.0.2.2:
-//! - upload: 64 MiB guest to host (the time until the host has read it all and closed);
-//! - download: 64 MiB host to guest;
-//! - rr: 2000 one-byte request/response round trips on one connection.
+//! - upload: 16 MiB guest to host (the time until the host has read it all and closed);
+//! - download: 16 MiB host to guest;
+//! - rr: 500 one-byte request/response round trips on one connection.
 //!
 //! Times are the guest's own (the same kernel clock for every variant). Rounds are interleaved
 //! (each round runs every variant once) after a warm-up round; medians of 3 rounds. zones and
@@ -21,8 +21,8 @@ use std::time::Duration;
 use zones::prelude::*;
 use zones::{Command, LinuxBoot};
 
-const BYTES: u64 = 64 << 20;
-const ROUND_TRIPS: u32 = 2000;
+const BYTES: u64 = 16 << 20;
+const ROUND_TRIPS: u32 = 500;
 const ROUNDS: usize = 3;
 
 /// What one variant measured in one round.

@@ -9,7 +9,10 @@ use zones::prelude::*;
 /// harness does not capture (its capture would hide the line of a test that returns early).
 pub fn skipped(why: std::fmt::Arguments<'_>) {
     use std::io::Write;
-    let _ = writeln!(std::io::stderr().lock(), "SKIPPED {why}");
+    // One write of a whole line that starts on a line of its own: the harness's own output
+    // ("test x ... " without its newline yet) cannot split it or run into it.
+    let line = format!("\nSKIPPED {why}\n");
+    let _ = std::io::stderr().lock().write_all(line.as_bytes());
 }
 
 /// Whether /dev/kvm can be opened. Prints why a test is skipped when it cannot.

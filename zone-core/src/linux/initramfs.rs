@@ -1011,15 +1011,20 @@ kernel/z/uses_z.ko: kernel/z/zstmod.ko.zst
         assert!(matches!(err, InitramfsError::TooLarge { .. }), "{err}");
     }
 
+    /// The host's own kernel modules (its newest /boot/vmlinuz-*), when they are a Debian-style
+    /// modular tree with these drivers as uncompressed modules.
     #[test]
     fn real_debian_modules_resolve() {
-        let dir = Path::new("/lib/modules/6.1.0-56-amd64");
+        let skip = |why: String| {
+            crate::testing::skipped(format_args!("real_debian_modules_resolve: {why}"));
+        };
+        let Ok((version, _)) = crate::linux::newest_host_kernel(Path::new("/boot")) else {
+            return skip("no /boot/vmlinuz-* on this host".into());
+        };
+        let dir = Path::new("/lib/modules").join(version);
+        let dir = dir.as_path();
         if !dir.join("modules.dep").exists() {
-            crate::testing::skipped(format_args!(
-                "real_debian_modules_resolve: {} not present",
-                dir.display()
-            ));
-            return;
+            return skip(format!("{} has no modules.dep", dir.display()));
         }
         let wanted = [
             "virtio_mmio",
@@ -1027,7 +1032,14 @@ kernel/z/uses_z.ko: kernel/z/zstmod.ko.zst
             "virtio_blk",
             "ext4",
         ];
-        let modules = resolve_modules(dir, &wanted).unwrap();
+        let modules = match resolve_modules(dir, &wanted) {
+            Ok(m) => m,
+            Err(e @ InitramfsError::Compressed { .. }) => return skip(format!("{e}")),
+            Err(e) => panic!("{e}"),
+        };
+        if names(&modules).len() < 8 {
+            return skip(format!("{} builds these drivers in", dir.display()));
+        }
         println!("resolved: {:?}", names(&modules));
         for m in &modules {
             assert!(m.path.is_file(), "{} missing", m.path.display());

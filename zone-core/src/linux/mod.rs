@@ -345,7 +345,7 @@ const BUSYBOX_APPLETS: &[&str] = &[
 ];
 
 /// The newest `vmlinuz-<version>` in `boot_dir` by version order: `(version, path)`.
-fn newest_host_kernel(boot_dir: &Path) -> Result<(String, PathBuf), LinuxError> {
+pub(crate) fn newest_host_kernel(boot_dir: &Path) -> Result<(String, PathBuf), LinuxError> {
     let entries = std::fs::read_dir(boot_dir).map_err(|_| LinuxError::NoHostKernel)?;
     let mut kernels: Vec<(Vec<u64>, String, PathBuf)> = entries
         .filter_map(Result::ok)
