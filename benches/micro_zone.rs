@@ -1,8 +1,10 @@
 //! Micro-zone benchmarks, each beside a raw kvm-ioctls floor measured in the same run:
 //! - lifecycle: build a zone, run it to its first hypercall, drop it; floor: open /dev/kvm,
 //!   create a VM, memory and a vCPU, run to a real-mode HLT, tear down.
-//! - hypercall: one host-function call round trip from a running guest; floor: one raw PIO exit
-//!   from CPL3 (the exit a hypercall costs), and one zones hypercall that does no host work.
+//! - hypercall: one host-function call round trip from a running guest, with seccomp filters
+//!   (the default: the function runs on the vCPU's helper thread) and without (on the vCPU
+//!   thread); floor: one raw PIO exit from CPL3 (the exit a hypercall costs), and one zones
+//!   hypercall that does no host work.
 //!
 //! `cargo bench --bench micro_zone` prints each median and its ratio to its floor at the end.
 
@@ -13,6 +15,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 use zones::prelude::*;
+use zones::seccomp::Seccomp;
 
 fn program(mode: &str) -> GuestProgram {
     GuestProgram::from_elf(include_bytes!(env!("ZONES_GUEST_BENCH")))
@@ -82,37 +85,10 @@ fn hypercalls(c: &mut Criterion) {
     let mut floor = raw::Cpl3Loop::new();
     g.bench_function("floor_raw_cpl3_pio_exit", |b| b.iter(|| floor.round_trip()));
 
-    let ticks = Arc::new(Ticks::default());
-    let t = ticks.clone();
-    let zone = Zone::builder()
-        .memory_mib(8)
-        .micro(program("tick"))
-        .host_fn_u64("tick", move |_| {
-            let mut st = t.state.lock().unwrap();
-            st.0 += 1;
-            if st.0 >= st.1 {
-                t.cv.notify_all();
-                drop(t.cv.wait_while(st, |st| st.0 >= st.1).unwrap());
-            }
-            1
-        })
-        .build()
-        .unwrap();
-    g.bench_function("zone_host_fn_round_trip", |b| {
-        b.iter_custom(|iters| {
-            let mut st = ticks.state.lock().unwrap();
-            let start = Instant::now();
-            st.1 = st.0 + iters;
-            ticks.cv.notify_all();
-            let _st = ticks.cv.wait_while(st, |st| st.0 < st.1).unwrap();
-            start.elapsed()
-        })
-    });
-    // Stop the zone, then let its vCPU out of the host function it is blocked in.
-    zone.kill();
-    ticks.state.lock().unwrap().1 = u64::MAX;
-    ticks.cv.notify_all();
-    drop(zone);
+    // Enforce (the default): host functions run on the vCPU's unfiltered helper thread. Off: on
+    // the vCPU thread itself, as before filters (the cost of the hand-off is the difference).
+    host_fn_round_trip(&mut g, "zone_host_fn_round_trip", Seccomp::Enforce);
+    host_fn_round_trip(&mut g, "zone_host_fn_round_trip_seccomp_off", Seccomp::Off);
 
     let zone = Zone::builder()
         .memory_mib(8)
@@ -132,6 +108,46 @@ fn hypercalls(c: &mut Criterion) {
         })
     });
     g.finish();
+}
+
+/// The round trip of a host function in a zone with seccomp `mode`.
+fn host_fn_round_trip(
+    g: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    name: &str,
+    mode: Seccomp,
+) {
+    let ticks = Arc::new(Ticks::default());
+    let t = ticks.clone();
+    let zone = Zone::builder()
+        .memory_mib(8)
+        .seccomp(mode)
+        .micro(program("tick"))
+        .host_fn_u64("tick", move |_| {
+            let mut st = t.state.lock().unwrap();
+            st.0 += 1;
+            if st.0 >= st.1 {
+                t.cv.notify_all();
+                drop(t.cv.wait_while(st, |st| st.0 >= st.1).unwrap());
+            }
+            1
+        })
+        .build()
+        .unwrap();
+    g.bench_function(name, |b| {
+        b.iter_custom(|iters| {
+            let mut st = ticks.state.lock().unwrap();
+            let start = Instant::now();
+            st.1 = st.0 + iters;
+            ticks.cv.notify_all();
+            let _st = ticks.cv.wait_while(st, |st| st.0 < st.1).unwrap();
+            start.elapsed()
+        })
+    });
+    // Stop the zone, then let its vCPU out of the host function it is blocked in.
+    zone.kill();
+    ticks.state.lock().unwrap().1 = u64::MAX;
+    ticks.cv.notify_all();
+    drop(zone);
 }
 
 criterion_group!(benches, lifecycle, hypercalls);
@@ -160,6 +176,11 @@ fn report() {
         (
             "hypercall",
             "zone_host_fn_round_trip",
+            "floor_raw_cpl3_pio_exit",
+        ),
+        (
+            "hypercall",
+            "zone_host_fn_round_trip_seccomp_off",
             "floor_raw_cpl3_pio_exit",
         ),
         (

@@ -197,6 +197,7 @@ pub struct ZoneBuilder {
     kvm_path: PathBuf,
     start_paused: bool,
     attachments: Vec<Box<dyn Attachment>>,
+    seccomp: crate::seccomp::Seccomp,
 }
 
 impl Default for ZoneBuilder {
@@ -214,6 +215,7 @@ impl Default for ZoneBuilder {
             kvm_path: PathBuf::from(DEFAULT_KVM_PATH),
             start_paused: false,
             attachments: Vec::new(),
+            seccomp: crate::seccomp::Seccomp::Enforce,
         }
     }
 }
@@ -322,6 +324,14 @@ impl ZoneBuilder {
         self
     }
 
+    /// How the threads zones spawns for this zone are filtered (default
+    /// [`Seccomp::Enforce`](crate::seccomp::Seccomp): each kind of thread has its own allowlist;
+    /// a call outside it is refused with `EPERM`, counted and reported). See [`crate::seccomp`].
+    pub fn seccomp(mut self, mode: crate::seccomp::Seccomp) -> Self {
+        self.seccomp = mode;
+        self
+    }
+
     /// Grants the zone a device (see [`crate::device`]). Builder extensions such as zone-net's
     /// `.net(..)` call this; a zone has no device it was not granted.
     pub fn attach(mut self, attachment: impl Attachment) -> Self {
@@ -355,6 +365,7 @@ impl ZoneBuilder {
             console_limit: self.console_limit,
             console_sink: self.console_sink,
             host_fn_names: self.functions.names(),
+            seccomp: self.seccomp,
         };
         match self.payload {
             None => Err(BuildError::NoPayload {

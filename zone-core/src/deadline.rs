@@ -52,10 +52,27 @@ fn service() -> &'static Service {
         }));
         std::thread::Builder::new()
             .name("zones-deadlines".into())
-            .spawn(move || svc.run())
+            .spawn(move || {
+                // Process-wide, it belongs to no zone: always filtered, refusals counted
+                // process-wide (crate::seccomp::refused_syscalls).
+                let _ = crate::seccomp::apply(crate::seccomp::ThreadFilter {
+                    mode: crate::seccomp::Seccomp::Enforce,
+                    kind: crate::seccomp::ThreadKind::Deadlines,
+                    extra: Vec::new(),
+                    thread: "deadline service".into(),
+                    sink: None,
+                });
+                svc.run()
+            })
             .expect("spawning the zones deadline thread");
         svc
     })
+}
+
+/// Starts the service (from a zone's builder: a thread without a filter, so the service's own
+/// filter is the only one it carries).
+pub(crate) fn start() {
+    service();
 }
 
 impl Service {

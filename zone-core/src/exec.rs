@@ -592,7 +592,15 @@ impl ZoneHandle {
         std::thread::scope(|scope| {
             // A command that exits without reading all of its input ends the feed with an
             // error; its output is what counts.
-            let feeder = scope.spawn(|| feed(stream, input, process.deadline));
+            let filter = self.shared.thread_filter(
+                crate::seccomp::ThreadKind::Helper,
+                Vec::new(),
+                "exec stdin feeder".into(),
+            );
+            let feeder = scope.spawn(|| {
+                crate::seccomp::apply(filter).map_err(io::Error::other)?;
+                feed(stream, input, process.deadline)
+            });
             let output = collect(stream, self, cmd.output_limit, process.deadline);
             let _ = feeder.join();
             output

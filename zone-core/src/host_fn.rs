@@ -111,6 +111,10 @@ impl HostFunctions {
         self.entries.get(index).map_or("?", |(n, _)| n)
     }
 
+    pub(crate) fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
     pub(crate) fn names(&self) -> Vec<String> {
         self.entries.iter().map(|(n, _)| n.clone()).collect()
     }

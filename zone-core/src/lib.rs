@@ -31,6 +31,7 @@ mod memory;
 mod metrics;
 pub mod micro;
 mod quarantine;
+pub mod seccomp;
 #[cfg(test)]
 mod testing;
 mod text;

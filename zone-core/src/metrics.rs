@@ -79,6 +79,7 @@ pub(crate) struct Metrics {
     host_fn_names: Vec<String>,
     console_bytes: AtomicU64,
     console_dropped: AtomicU64,
+    seccomp_refused: AtomicU64,
     memory_bytes: u64,
 }
 
@@ -95,6 +96,7 @@ impl Metrics {
             host_fn_names,
             console_bytes: AtomicU64::new(0),
             console_dropped: AtomicU64::new(0),
+            seccomp_refused: AtomicU64::new(0),
             memory_bytes,
         }
     }
@@ -135,6 +137,10 @@ impl Metrics {
         if let Some(counter) = self.host_fn_calls.get(index) {
             counter.fetch_add(1, Relaxed);
         }
+    }
+
+    pub(crate) fn seccomp_refused(&self) {
+        self.seccomp_refused.fetch_add(1, Relaxed);
     }
 
     pub(crate) fn console(&self, accepted: u64, dropped: u64) {
@@ -193,6 +199,7 @@ impl Metrics {
                 .collect(),
             console_bytes: self.console_bytes.load(Relaxed),
             console_dropped: self.console_dropped.load(Relaxed),
+            seccomp_refused: self.seccomp_refused.load(Relaxed),
             memory_bytes: self.memory_bytes,
             memory_resident_bytes: resident,
             events_dropped,
@@ -219,6 +226,9 @@ pub struct ZoneMetrics {
     pub console_bytes: u64,
     /// Console bytes dropped because the capture limit was reached.
     pub console_dropped: u64,
+    /// System calls the zone's threads made outside their seccomp allowlists (refused, or in
+    /// Log mode only reported). Each is also a `seccomp` violation event.
+    pub seccomp_refused: u64,
     /// Guest memory size.
     pub memory_bytes: u64,
     /// Guest memory the host has actually backed with pages (None if it could not be read).
@@ -339,6 +349,9 @@ impl std::fmt::Display for ZoneMetrics {
                 self.memory_bytes >> 10
             )?,
             None => writeln!(f, "memory           {} KiB", self.memory_bytes >> 10)?,
+        }
+        if self.seccomp_refused > 0 {
+            writeln!(f, "seccomp          {} calls refused", self.seccomp_refused)?;
         }
         for device in &self.devices {
             write!(f, "{:<16}", device.device)?;

@@ -31,6 +31,7 @@ pub(crate) struct Settings {
     pub(crate) console_limit: usize,
     pub(crate) console_sink: Option<ConsoleSink>,
     pub(crate) host_fn_names: Vec<String>,
+    pub(crate) seccomp: crate::seccomp::Seccomp,
 }
 
 /// An open KVM device and a fresh VM.
@@ -54,8 +55,11 @@ impl Settings {
         }
     }
 
-    /// Installs the kick handler, opens and checks KVM, creates a VM.
+    /// Installs the kick handler, starts the process-wide service threads (from this thread,
+    /// which zones does not filter), opens and checks KVM, creates a VM.
     pub(crate) fn open_vm(&self) -> Result<Vm, BuildError> {
+        crate::seccomp::start_supervisor();
+        crate::deadline::start();
         kick::install_handler().map_err(|source| BuildError::Kick {
             zone: self.zone.clone(),
             source,
@@ -127,8 +131,9 @@ impl Settings {
             kickers: (0..self.vcpus).map(|_| Kicker::default()).collect(),
             memory: RwLock::new(Some(mem.clone())),
             deadline: Mutex::new(None),
-            devices: Arc::default(),
+            devices: Arc::new(crate::device::Devices::new(self.start_paused)),
             device_sync: Mutex::new(()),
+            seccomp: self.seccomp,
         })
     }
 
@@ -153,9 +158,14 @@ impl Settings {
         }
         for (index, fd) in (0u32..).zip(vcpus) {
             let (shared, exits) = (shared.clone(), exits.clone());
+            let filter = shared.thread_filter(
+                crate::seccomp::ThreadKind::Vcpu,
+                Vec::new(),
+                format!("vCPU {index}"),
+            );
             let thread = std::thread::Builder::new()
                 .name(format!("{}/{index}", short(&self.zone)))
-                .spawn(move || vcpu::run(fd, index, shared, exits))
+                .spawn(move || vcpu::run(fd, index, shared, exits, filter))
                 .map_err(|source| BuildError::Thread {
                     zone: self.zone.clone(),
                     source,
@@ -167,7 +177,7 @@ impl Settings {
 }
 
 /// A thread-name prefix: Linux keeps 15 bytes of a thread name.
-fn short(name: &str) -> &str {
+pub(crate) fn short(name: &str) -> &str {
     let mut end = name.len().min(12);
     while !name.is_char_boundary(end) {
         end -= 1;

@@ -34,6 +34,44 @@ pub(crate) struct ZoneShared {
     pub(crate) devices: Arc<Devices>,
     /// Serializes bringing the device threads to the zone's pause state.
     pub(crate) device_sync: Mutex<()>,
+    /// How the zone's threads are filtered.
+    pub(crate) seccomp: crate::seccomp::Seccomp,
+}
+
+impl crate::seccomp::RefusalSink for ZoneShared {
+    fn refused(&self, thread: &str, nr: i64, args: &[u64; 6]) {
+        self.metrics.seccomp_refused();
+        let verb = match self.seccomp {
+            crate::seccomp::Seccomp::Log => "made (allowed: Log mode)",
+            _ => "refused",
+        };
+        let detail = format!(
+            "{thread} thread: system call {} {verb}",
+            crate::seccomp::describe(nr, args)
+        );
+        self.events.emit(ZoneEvent::Violation(Violation::new(
+            None, "seccomp", detail,
+        )));
+    }
+}
+
+impl ZoneShared {
+    /// The filter of one of this zone's threads.
+    pub(crate) fn thread_filter(
+        self: &Arc<Self>,
+        kind: crate::seccomp::ThreadKind,
+        extra: Vec<i64>,
+        thread: String,
+    ) -> crate::seccomp::ThreadFilter {
+        let weak: std::sync::Weak<dyn crate::seccomp::RefusalSink> = Arc::downgrade(self) as _;
+        crate::seccomp::ThreadFilter {
+            mode: self.seccomp,
+            kind,
+            extra,
+            thread,
+            sink: Some(weak),
+        }
+    }
 }
 
 impl ZoneShared {

@@ -81,17 +81,16 @@ impl Attachment for Net {
                         fix,
                     })
                 })?;
-                BackendPlan::Tap(file)
+                BackendPlan::Tap(Arc::new(file))
             }
         };
         let guest_mac = net
             .mac
             .unwrap_or_else(|| derived_mac(&format!("{}/{}", cx.zone(), cx.device())));
-        let control = NetHandle::new(cx.zone(), cx.device(), net.policy, net.egress, net.ingress)
+        let control = NetHandle::new(cx.host(), net.policy, net.egress, net.ingress)
             .map_err(AttachError::new)?;
         let device = NetDevice {
             control: Arc::new(control),
-            host: cx.host(),
             addr: crate::config::Addressing {
                 guest: net.guest,
                 prefix: net.prefix,

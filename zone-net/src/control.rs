@@ -134,6 +134,7 @@ struct Applied {
 pub struct NetHandle {
     pub(crate) zone: String,
     pub(crate) device: String,
+    host: zone_core::device::DeviceHost,
     pub(crate) counters: Arc<Counters>,
     wanted: Mutex<Wanted>,
     applied: Mutex<Applied>,
@@ -147,15 +148,15 @@ pub struct NetHandle {
 
 impl NetHandle {
     pub(crate) fn new(
-        zone: &str,
-        device: &str,
+        host: zone_core::device::DeviceHost,
         policy: NetPolicy,
         egress: Option<RateLimit>,
         ingress: Option<RateLimit>,
     ) -> std::io::Result<Self> {
         Ok(Self {
-            zone: zone.to_string(),
-            device: device.to_string(),
+            zone: host.zone().to_string(),
+            device: host.device().to_string(),
+            host,
             counters: Arc::default(),
             wanted: Mutex::new(Wanted {
                 policy: Arc::new(policy),
@@ -180,6 +181,11 @@ impl NetHandle {
 
     fn lock_applied(&self) -> MutexGuard<'_, Applied> {
         self.applied.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The device's link to its zone.
+    pub(crate) fn host(&self) -> &zone_core::device::DeviceHost {
+        &self.host
     }
 
     /// What the device thread should apply now.
@@ -229,6 +235,15 @@ impl NetHandle {
     /// Whether the link is up (not cut), for the device's config space.
     pub(crate) fn link_up(&self) -> bool {
         !self.cut.load(Ordering::SeqCst)
+    }
+
+    /// The device could not build its host side (`e`): it stays silent; the zone hears why.
+    pub(crate) fn failed(&self, e: &std::io::Error) {
+        self.stopped_running();
+        self.host.violation(
+            "net",
+            format!("{}: cannot start the network's host side: {e}", self.device),
+        );
     }
 
     /// Wakes anyone waiting on the device thread (it stopped).

@@ -163,12 +163,25 @@ impl Devices {
         }
     }
 
-    /// Whether a device thread starting now starts paused; the caller then registers it.
-    pub(crate) fn start_thread(&self, start: impl FnOnce(bool) -> Option<Arc<RunnerCtl>>) {
+    /// Registers a device thread: pausing the zone pauses its workers. A thread registered while
+    /// the zone is paused starts paused.
+    pub(crate) fn add_thread(&self, ctl: Arc<RunnerCtl>) {
         let mut threads = lock(&self.threads);
         threads.runners.retain(|r| r.strong_count() > 0);
-        if let Some(ctl) = start(threads.paused) {
-            threads.runners.push(Arc::downgrade(&ctl));
+        if threads.paused {
+            ctl.set_paused(true);
+        }
+        threads.runners.push(Arc::downgrade(&ctl));
+    }
+
+    /// A registry for a zone that starts paused (or not).
+    pub(crate) fn new(paused: bool) -> Self {
+        Self {
+            entries: Mutex::default(),
+            threads: Mutex::new(Threads {
+                paused,
+                runners: Vec::new(),
+            }),
         }
     }
 

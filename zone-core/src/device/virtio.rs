@@ -53,8 +53,18 @@ pub trait VirtioDevice: Send {
     fn read_config(&self, offset: u64, data: &mut [u8]);
     /// Writes device configuration space (ignored by default).
     fn write_config(&mut self, _offset: u64, _data: &[u8]) {}
-    /// Starts the device: returns the worker its thread runs.
+    /// Starts the device: returns the worker its thread runs. Called on the vCPU thread whose
+    /// register write set DRIVER_OK, under that thread's seccomp filter: hand over the queues and
+    /// leave opening host resources (sockets, timers, files) to the worker's `init`, which runs
+    /// on the device's own thread.
     fn activate(&mut self, activation: Activation) -> Result<Box<dyn DeviceWorker>, ActivateError>;
+    /// System calls the device's thread needs beyond a device thread's allowlist (its event
+    /// manager, memory, futexes, reads and writes, close): e.g. positioned I/O for a disk,
+    /// sockets for a network (`socket` is allowed for `AF_INET` and `AF_INET6` only). Everything
+    /// else is refused there ([`crate::seccomp`]).
+    fn syscalls(&self) -> Vec<i64> {
+        Vec::new()
+    }
 }
 
 /// Copies `data` out of a little-endian config structure at `offset`, zero beyond its end.

@@ -134,12 +134,29 @@ impl<H: QueueHandler> DeviceWorker for QueueWorker<H> {
     }
 }
 
-#[derive(Debug, Default)]
+#[derive(Default)]
 struct CtlState {
+    /// The zone is gone: the thread ends.
     stop: bool,
+    /// The driver reset the device: the current worker ends.
+    deactivate: bool,
     want_paused: bool,
     paused: bool,
+    /// A worker runs (between activation and reset).
+    active: bool,
+    /// The thread runs.
     alive: bool,
+    /// The next worker, handed over by an activation.
+    next: Option<Box<dyn DeviceWorker>>,
+}
+
+impl std::fmt::Debug for CtlState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CtlState")
+            .field("active", &self.active)
+            .field("paused", &self.paused)
+            .finish_non_exhaustive()
+    }
 }
 
 /// The control side of a device thread, shared with the zone's device registry.
@@ -159,15 +176,15 @@ impl RunnerCtl {
     fn request(&self, change: impl FnOnce(&mut CtlState)) {
         change(&mut self.lock());
         let _ = self.wake.write(1);
+        self.cv.notify_all();
     }
 
-    /// Asks the thread to pause (or resume) and waits, boundedly, until it did or has ended.
-    /// Returns false when the bound was reached.
-    pub(crate) fn set_paused(&self, paused: bool) -> bool {
-        self.request(|st| st.want_paused = paused);
+    /// Waits, boundedly, until `done` holds or the thread has ended. False when the bound was
+    /// reached.
+    fn wait_for(&self, done: impl Fn(&CtlState) -> bool) -> bool {
         let until = Instant::now() + ACK_TIMEOUT;
         let mut st = self.lock();
-        while st.alive && st.paused != paused && !st.stop {
+        while st.alive && !done(&st) {
             let Some(left) = until.checked_duration_since(Instant::now()) else {
                 return false;
             };
@@ -178,6 +195,14 @@ impl RunnerCtl {
                 .0;
         }
         true
+    }
+
+    /// Asks the worker to pause (or resume) and waits until it did; a thread with no worker has
+    /// nothing to pause (its next worker starts in the state asked for). False when the bound
+    /// was reached.
+    pub(crate) fn set_paused(&self, paused: bool) -> bool {
+        self.request(|st| st.want_paused = paused);
+        self.wait_for(|st| !st.active || st.paused == paused || st.stop)
     }
 }
 
@@ -226,57 +251,115 @@ impl MutEventSubscriber for Runner {
     }
 }
 
-/// A running device thread; stopped and joined on drop.
+/// A device's thread, from the zone's build to its end: it waits for an activation, runs that
+/// worker on a fresh event manager until the driver resets the device, and waits again. It is
+/// started on the builder's thread (not on the vCPU thread whose register write activates the
+/// device), so that it carries only its own seccomp filter. Stopped and joined on drop.
 pub(crate) struct DeviceThread {
     ctl: Arc<RunnerCtl>,
     thread: Option<JoinHandle<()>>,
 }
 
 impl DeviceThread {
-    /// Starts `worker` on a thread named `name`, paused if `paused`. The returned control is what
-    /// the zone's registry keeps to pause and resume it.
+    /// Starts the thread `name`; `setup` runs first on it (its seccomp filter) and says whether
+    /// the thread may serve (if not, it takes no worker).
     pub(crate) fn spawn(
         name: String,
-        worker: Box<dyn DeviceWorker>,
-        paused: bool,
-    ) -> std::io::Result<(Self, Arc<RunnerCtl>)> {
+        setup: impl FnOnce() -> bool + Send + 'static,
+    ) -> std::io::Result<Self> {
         let ctl = Arc::new(RunnerCtl {
             name: name.clone(),
             state: Mutex::new(CtlState {
-                want_paused: paused,
                 alive: true,
                 ..CtlState::default()
             }),
             cv: Condvar::new(),
             wake: EventFd::new(libc::EFD_NONBLOCK)?,
         });
-        let mut manager = EventManager::<Runner>::new().map_err(std::io::Error::other)?;
-        let runner = Runner {
+        let thread_ctl = ctl.clone();
+        let thread = std::thread::Builder::new().name(name).spawn(move || {
+            if setup() {
+                serve(&thread_ctl);
+            }
+            let mut st = thread_ctl.lock();
+            st.alive = false;
+            st.active = false;
+            thread_ctl.cv.notify_all();
+        })?;
+        Ok(Self {
+            ctl,
+            thread: Some(thread),
+        })
+    }
+
+    /// The control the zone's registry keeps to pause and resume the thread's workers.
+    pub(crate) fn ctl(&self) -> Arc<RunnerCtl> {
+        self.ctl.clone()
+    }
+
+    /// Hands `worker` to the thread (the driver set DRIVER_OK). Returns at once.
+    pub(crate) fn activate(&self, worker: Box<dyn DeviceWorker>) {
+        self.ctl.request(|st| {
+            st.next = Some(worker);
+            st.deactivate = false;
+        });
+    }
+
+    /// Ends the current worker (the driver reset the device) and waits, boundedly, until it
+    /// is dropped.
+    pub(crate) fn deactivate(&self) {
+        self.ctl.request(|st| {
+            st.next = None;
+            st.deactivate = true;
+        });
+        self.ctl.wait_for(|st| !st.active);
+    }
+}
+
+/// The thread's life: a worker at a time.
+fn serve(ctl: &Arc<RunnerCtl>) {
+    loop {
+        let worker = {
+            let mut st = ctl.lock();
+            loop {
+                if st.stop {
+                    return;
+                }
+                if let Some(worker) = st.next.take() {
+                    st.deactivate = false;
+                    st.active = true;
+                    st.paused = false;
+                    break worker;
+                }
+                st = ctl.cv.wait(st).unwrap_or_else(|e| e.into_inner());
+            }
+        };
+        let Ok(mut manager) = EventManager::<Runner>::new() else {
+            ctl.lock().active = false;
+            continue;
+        };
+        manager.add_subscriber(Runner {
             worker,
             ctl: ctl.clone(),
             paused: false,
-        };
-        let thread_ctl = ctl.clone();
-        let thread = std::thread::Builder::new().name(name).spawn(move || {
-            manager.add_subscriber(runner);
-            while !thread_ctl.lock().stop {
-                if manager.run().is_err() {
+        });
+        loop {
+            {
+                let st = ctl.lock();
+                if st.stop || st.deactivate {
                     break;
                 }
             }
-            // Drop the worker (its fds, its host resources) before saying we are gone.
-            drop(manager);
-            let mut st = thread_ctl.lock();
-            st.alive = false;
-            thread_ctl.cv.notify_all();
-        })?;
-        Ok((
-            Self {
-                ctl: ctl.clone(),
-                thread: Some(thread),
-            },
-            ctl,
-        ))
+            if manager.run().is_err() {
+                break;
+            }
+        }
+        // Drop the worker (its fds, its host resources) before saying it is gone.
+        drop(manager);
+        let mut st = ctl.lock();
+        st.active = false;
+        st.paused = false;
+        ctl.cv.notify_all();
     }
 }
 
@@ -315,7 +398,9 @@ mod tests {
         let count = Arc::new(AtomicUsize::new(0));
         let kick = EventFd::new(libc::EFD_NONBLOCK).unwrap();
         let worker = QueueWorker::new(Counter(count.clone()), vec![kick.try_clone().unwrap()]);
-        let (thread, ctl) = DeviceThread::spawn("t/dev".into(), Box::new(worker), false).unwrap();
+        let thread = DeviceThread::spawn("t/dev".into(), || true).unwrap();
+        let ctl = thread.ctl();
+        thread.activate(Box::new(worker));
         kick.write(1).unwrap();
         wait_for("a notification", || count.load(Ordering::SeqCst) == 1);
         assert!(ctl.set_paused(true));
@@ -326,21 +411,85 @@ mod tests {
         wait_for("the missed notification", || {
             count.load(Ordering::SeqCst) == 2
         });
+        thread.deactivate();
+        assert!(!ctl.lock().active, "the worker is gone");
+        assert!(
+            ctl.set_paused(true),
+            "a thread without a worker does not block pause"
+        );
         drop(thread);
         assert!(!ctl.lock().alive, "joined on drop");
-        assert!(ctl.set_paused(true), "a gone thread does not block pause");
     }
 
     #[test]
-    fn a_thread_started_paused_waits_for_resume() {
+    fn a_worker_activated_while_paused_waits_for_resume() {
         let count = Arc::new(AtomicUsize::new(0));
         let kick = EventFd::new(libc::EFD_NONBLOCK).unwrap();
         let worker = QueueWorker::new(Counter(count.clone()), vec![kick.try_clone().unwrap()]);
-        let (_thread, ctl) = DeviceThread::spawn("t/dev".into(), Box::new(worker), true).unwrap();
+        let thread = DeviceThread::spawn("t/dev".into(), || true).unwrap();
+        let ctl = thread.ctl();
+        assert!(ctl.set_paused(true));
+        thread.activate(Box::new(worker));
         kick.write(1).unwrap();
         std::thread::sleep(Duration::from_millis(20));
         assert_eq!(count.load(Ordering::SeqCst), 0);
         assert!(ctl.set_paused(false));
         wait_for("the notification", || count.load(Ordering::SeqCst) == 1);
+    }
+
+    struct Opener(Arc<Mutex<Vec<Option<i32>>>>);
+
+    impl QueueHandler for Opener {
+        fn queue_notified(&mut self, _index: usize) {
+            let errno = std::fs::File::open("/etc/hostname")
+                .err()
+                .and_then(|e| e.raw_os_error());
+            self.0.lock().unwrap().push(errno);
+        }
+    }
+
+    #[derive(Default)]
+    struct Refusals(Mutex<Vec<(String, i64)>>);
+
+    impl crate::seccomp::RefusalSink for Refusals {
+        fn refused(&self, thread: &str, nr: i64, _args: &[u64; 6]) {
+            self.0.lock().unwrap().push((thread.to_string(), nr));
+        }
+    }
+
+    #[test]
+    fn a_worker_runs_under_its_threads_device_filter() {
+        use crate::seccomp::{Seccomp, ThreadFilter, ThreadKind};
+        crate::seccomp::start_supervisor();
+        let sink = Arc::new(Refusals::default());
+        let weak: std::sync::Weak<dyn crate::seccomp::RefusalSink> = Arc::downgrade(&sink) as _;
+        let filter = ThreadFilter {
+            mode: Seccomp::Enforce,
+            kind: ThreadKind::Device,
+            extra: Vec::new(),
+            thread: "device t0".into(),
+            sink: Some(weak),
+        };
+        let thread = DeviceThread::spawn("t/dev".into(), move || {
+            crate::seccomp::apply(filter).is_ok()
+        })
+        .unwrap();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let kick = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+        let worker = QueueWorker::new(Opener(seen.clone()), vec![kick.try_clone().unwrap()]);
+        thread.activate(Box::new(worker));
+        kick.write(1).unwrap();
+        wait_for("the worker's open", || !seen.lock().unwrap().is_empty());
+        assert_eq!(
+            *seen.lock().unwrap(),
+            [Some(libc::EPERM)],
+            "open refused on the device thread"
+        );
+        let refused = sink.0.lock().unwrap().clone();
+        assert_eq!(refused, [("device t0".to_string(), libc::SYS_openat)]);
+        assert!(
+            std::fs::File::open("/etc/hostname").is_ok(),
+            "the test's own thread is not filtered"
+        );
     }
 }

@@ -87,6 +87,7 @@ fn fuzz_dispatcher() -> Dispatcher {
         mem,
         access,
         functions,
+        host_threads: Vec::new(),
     }
 }
 

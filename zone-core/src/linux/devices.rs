@@ -5,12 +5,14 @@ use super::acpi::{self, MmioDevice};
 use super::{LinuxError, exits, layout};
 use crate::builder::BuildError;
 use crate::device::{
-    AttachContext, Attachment, DeviceHost, Devices, GuestSetup, Interrupt, VirtioDevice,
+    AttachContext, Attachment, DeviceHost, DeviceThread, Devices, GuestSetup, Interrupt,
+    VirtioDevice,
 };
 use crate::devices::Bus;
 use crate::devices::power::PowerRegister;
 use crate::devices::serial::SerialPort;
 use crate::devices::virtio::mmio::{MmioTransport, QUEUE_NOTIFY};
+use crate::seccomp::ThreadKind;
 use crate::zone::ZoneShared;
 use kvm_ioctls::{IoEventAddress, VmFd};
 use std::sync::Arc;
@@ -51,6 +53,7 @@ pub(crate) struct VirtioBus<'a> {
     vm: &'a VmFd,
     mem: &'a GuestMemoryMmap,
     zone: &'a str,
+    shared: &'a Arc<ZoneShared>,
     devices: Arc<Devices>,
     pub(crate) mmio: Bus,
     pub(crate) described: Vec<MmioDevice>,
@@ -61,13 +64,14 @@ impl<'a> VirtioBus<'a> {
         vm: &'a VmFd,
         mem: &'a GuestMemoryMmap,
         zone: &'a str,
-        devices: Arc<Devices>,
+        shared: &'a Arc<ZoneShared>,
     ) -> Self {
         Self {
             vm,
             mem,
             zone,
-            devices,
+            shared,
+            devices: shared.devices.clone(),
             mmio: Bus::default(),
             described: Vec::new(),
         }
@@ -101,16 +105,34 @@ impl<'a> VirtioBus<'a> {
             })
             .collect::<Result<Vec<_>, LinuxError>>()?;
         let interrupt = Arc::new(Interrupt::new(irq_line(self.vm, gsi)?));
-        let thread = format!("{}/{name}", thread_prefix(self.zone));
-        let transport = MmioTransport::new(
-            thread,
-            device,
-            self.mem.clone(),
-            interrupt,
-            notify,
-            self.devices.clone(),
-        )
-        .map_err(LinuxError::Device)?;
+        let thread_name = format!("{}/{name}", thread_prefix(self.zone));
+        let filter = self.shared.thread_filter(
+            ThreadKind::Device,
+            device.syscalls(),
+            format!("device {name}"),
+        );
+        let weak = Arc::downgrade(self.shared);
+        let setup = move || {
+            if let Err(e) = crate::seccomp::apply(filter) {
+                // A device never runs on an unfiltered thread: the zone ends instead.
+                if let Some(shared) = weak.upgrade() {
+                    shared.stop(crate::exit::ZoneExit::Crashed {
+                        vcpu: 0,
+                        reason: e.to_string(),
+                    });
+                }
+                return false;
+            }
+            true
+        };
+        let thread =
+            DeviceThread::spawn(thread_name, setup).map_err(|source| LinuxError::DeviceThread {
+                device: name.to_string(),
+                source,
+            })?;
+        self.devices.add_thread(thread.ctl());
+        let transport = MmioTransport::new(device, self.mem.clone(), interrupt, notify, thread)
+            .map_err(LinuxError::Device)?;
         self.mmio
             .insert(base, layout::VIRTIO_MMIO_SIZE, Arc::new(transport))?;
         self.described.push(MmioDevice {

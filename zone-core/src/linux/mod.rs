@@ -152,6 +152,15 @@ pub enum LinuxError {
     /// A device model could not be set up.
     #[error("device setup: {0}")]
     Device(String),
+    /// A device's thread could not be started.
+    #[error("cannot start the thread of device {device}: {source}")]
+    DeviceThread {
+        /// The device.
+        device: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
     /// An interrupt line could not be wired.
     #[error("wiring interrupt {gsi}: {source}")]
     Irq {
@@ -428,7 +437,7 @@ pub(crate) fn build(
 
     let shared = s.shared(&mem);
     let pio = devices::legacy(&vm.fd, &shared).map_err(err)?;
-    let mut virtio = devices::VirtioBus::new(&vm.fd, &mem, &s.zone, shared.devices.clone());
+    let mut virtio = devices::VirtioBus::new(&vm.fd, &mem, &s.zone, &shared);
     if with_agent {
         let backend = Arc::new(
             Backend::new(devices::GUEST_CID).map_err(|e| err(LinuxError::Device(e.to_string())))?,

@@ -58,6 +58,8 @@ pub(crate) struct Dispatcher {
     pub(crate) mem: GuestMemoryMmap,
     pub(crate) access: AccessMap,
     pub(crate) functions: HostFunctions,
+    /// Per vCPU, the thread its host functions run on (none: on the vCPU thread itself).
+    pub(crate) host_threads: Vec<super::host_calls::HostCallThread>,
 }
 
 impl Dispatcher {
@@ -208,8 +210,16 @@ impl Dispatcher {
             vcpu,
             input: &input,
         };
-        let result = catch_unwind(AssertUnwindSafe(|| self.functions.call(index, &call)))
-            .unwrap_or_else(|_| Err(HostFnError::new("host function panicked")));
+        let invoke = || {
+            catch_unwind(AssertUnwindSafe(|| self.functions.call(index, &call)))
+                .unwrap_or_else(|_| Err(HostFnError::new("host function panicked")))
+        };
+        let result = match self.host_threads.get(vcpu as usize) {
+            Some(thread) => thread
+                .run(invoke)
+                .unwrap_or_else(|| Err(HostFnError::new("the host-call thread is gone"))),
+            None => invoke(),
+        };
         match result {
             Ok(output) if output.len() as u64 > out_cap => {
                 ret(status::OUTPUT_TOO_SMALL, output.len() as u64)
@@ -331,6 +341,7 @@ pub(crate) mod tests {
             mem,
             access,
             functions,
+            host_threads: Vec::new(),
         }
     }
 

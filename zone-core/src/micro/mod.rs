@@ -3,6 +3,7 @@
 
 pub(crate) mod cpu;
 pub mod elf;
+mod host_calls;
 pub(crate) mod hypercall;
 pub(crate) mod layout;
 pub(crate) mod paging;
@@ -171,11 +172,30 @@ pub(crate) fn build(
         configure_vcpu(fd, index, &loaded, &plan, &vm.cpuid, vm.features)
     })?;
     let shared = s.shared(&mem);
+    // Host functions run on threads of their own, unfiltered (they are the embedder's code),
+    // unless the zone's threads are not filtered at all.
+    let host_threads = if functions.is_empty() || s.seccomp == crate::seccomp::Seccomp::Off {
+        Vec::new()
+    } else {
+        (0..s.vcpus)
+            .map(|i| {
+                host_calls::HostCallThread::spawn(
+                    format!("{}/h{i}", crate::vmm::short(&s.zone)),
+                    s.id,
+                )
+            })
+            .collect::<Result<_, _>>()
+            .map_err(|source| BuildError::Thread {
+                zone: s.zone.clone(),
+                source,
+            })?
+    };
     let dispatcher = Dispatcher {
         zone: s.zone.clone(),
         mem,
         access: loaded.access,
         functions,
+        host_threads,
     };
     let exits = Arc::new(MicroExits {
         dispatcher,

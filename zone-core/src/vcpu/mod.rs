@@ -68,8 +68,26 @@ pub(crate) fn current_zone() -> u64 {
     CURRENT_ZONE.with(Cell::get)
 }
 
-/// Body of a vCPU thread.
-pub(crate) fn run(mut fd: VcpuFd, index: u32, shared: Arc<ZoneShared>, exits: Arc<dyn GuestExits>) {
+/// Marks this thread as acting for a vCPU of zone `id` (a host-call thread).
+pub(crate) fn set_current_zone(id: u64) {
+    CURRENT_ZONE.with(|c| c.set(id));
+}
+
+/// Body of a vCPU thread; `filter` is installed first.
+pub(crate) fn run(
+    mut fd: VcpuFd,
+    index: u32,
+    shared: Arc<ZoneShared>,
+    exits: Arc<dyn GuestExits>,
+    filter: crate::seccomp::ThreadFilter,
+) {
+    if let Err(e) = crate::seccomp::apply(filter) {
+        // Never run a guest on an unfiltered thread: the zone ends instead.
+        shared.stop(ZoneExit::Crashed {
+            vcpu: index,
+            reason: e.to_string(),
+        });
+    }
     let run_ptr: *mut kvm_run = fd.get_kvm_run();
     kick::attach(run_ptr);
     CURRENT_ZONE.with(|c| c.set(shared.id));

@@ -24,10 +24,10 @@ use virtio_bindings::virtio_net::{
     VIRTIO_NET_F_MTU, VIRTIO_NET_F_STATUS, VIRTIO_NET_S_LINK_UP,
 };
 use virtio_queue::Queue;
-use worker::NetWorker;
+use worker::{MakeEngine, NetWorker};
 use zone_core::device::{
-    ActivateError, Activation, DeviceHost, DeviceWorker, VIRTIO_F_VERSION_1,
-    VIRTIO_RING_F_EVENT_IDX, VirtioDevice, read_config_bytes,
+    ActivateError, Activation, DeviceWorker, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX,
+    VirtioDevice, read_config_bytes,
 };
 
 /// virtio device id of a network device.
@@ -36,15 +36,15 @@ const DEVICE_TYPE: u32 = 1;
 const QUEUE_SIZES: [u16; 2] = [256, 256];
 
 /// How the device's backend is made on each activation.
+#[derive(Clone)]
 pub(crate) enum BackendPlan {
     User,
-    Tap(File),
+    Tap(Arc<File>),
 }
 
 /// A zone's network device.
 pub(crate) struct NetDevice {
     pub(crate) control: Arc<NetHandle>,
-    pub(crate) host: DeviceHost,
     pub(crate) addr: Addressing,
     pub(crate) plan: BackendPlan,
     pub(crate) upstream: Option<SocketAddr>,
@@ -67,31 +67,45 @@ impl NetDevice {
         c
     }
 
-    /// The shared half of the engine for a fresh activation.
-    fn gate(&self, now: Instant) -> Gate {
-        let wanted = self.control.wanted();
-        Gate {
-            policy: wanted.policy,
-            generation: wanted.generation,
-            pins: Pins::default(),
-            counters: self.control.counters.clone(),
-            denials: Denials::new(
-                self.host.clone(),
-                &self.control.zone,
-                &self.control.device,
-                now,
-            ),
-            dns: Dns::new(random_u16()),
-            upstream: self.upstream.and_then(|a| Upstream::open(a).ok()),
-            link: Link {
-                guest: self.addr.guest_mac,
-                gateway: self.addr.gateway_mac,
-            },
-            addr: self.addr,
-            to_guest: VecDeque::new(),
-            now,
-            cut: false,
-        }
+    /// What builds an activation's gate and backend on the device thread.
+    fn engine(&self) -> MakeEngine {
+        let control = self.control.clone();
+        let (addr, plan, upstream) = (self.addr, self.plan.clone(), self.upstream);
+        let (max_flows, flow_buffer) = (self.max_flows, self.flow_buffer);
+        Box::new(move |now| {
+            let gate = gate(&control, addr, upstream, now);
+            let backend = match plan {
+                BackendPlan::User => {
+                    Backend::User(Box::new(UserStack::new(&gate, max_flows, flow_buffer)))
+                }
+                BackendPlan::Tap(file) => {
+                    Backend::Tap(TapLink::new(file.try_clone()?, max_flows, addr.mtu, now))
+                }
+            };
+            Ok((gate, backend))
+        })
+    }
+}
+
+/// The shared half of the engine for a fresh activation.
+fn gate(control: &NetHandle, addr: Addressing, upstream: Option<SocketAddr>, now: Instant) -> Gate {
+    let wanted = control.wanted();
+    Gate {
+        policy: wanted.policy,
+        generation: wanted.generation,
+        pins: Pins::default(),
+        counters: control.counters.clone(),
+        denials: Denials::new(control.host().clone(), &control.zone, &control.device, now),
+        dns: Dns::new(random_u16()),
+        upstream: upstream.and_then(|a| Upstream::open(a).ok()),
+        link: Link {
+            guest: addr.guest_mac,
+            gateway: addr.gateway_mac,
+        },
+        addr,
+        to_guest: VecDeque::new(),
+        now,
+        cut: false,
     }
 }
 
@@ -137,27 +151,32 @@ impl VirtioDevice for NetDevice {
         read_config_bytes(&self.config(), offset, data);
     }
 
+    /// Host sockets (TCP, UDP, ping; the DNS upstream) and the timer; the TAP backend only reads
+    /// and writes its descriptor, which every device thread may.
+    fn syscalls(&self) -> Vec<i64> {
+        vec![
+            libc::SYS_socket,
+            libc::SYS_connect,
+            libc::SYS_bind,
+            libc::SYS_setsockopt,
+            libc::SYS_getsockopt,
+            libc::SYS_getsockname,
+            libc::SYS_getpeername,
+            libc::SYS_sendto,
+            libc::SYS_recvfrom,
+            libc::SYS_sendmsg,
+            libc::SYS_recvmsg,
+            libc::SYS_shutdown,
+            libc::SYS_timerfd_create,
+            libc::SYS_timerfd_settime,
+        ]
+    }
+
     fn activate(&mut self, mut a: Activation) -> Result<Box<dyn DeviceWorker>, ActivateError> {
         let [rx, tx]: [Queue; 2] = std::mem::take(&mut a.queues)
             .try_into()
             .map_err(|_| ActivateError("virtio-net needs exactly two queues".into()))?;
-        let now = Instant::now();
-        let gate = self.gate(now);
-        let backend = match &self.plan {
-            BackendPlan::User => Backend::User(Box::new(UserStack::new(
-                &gate,
-                self.max_flows,
-                self.flow_buffer,
-            ))),
-            BackendPlan::Tap(file) => {
-                let file = file.try_clone().map_err(|e| {
-                    ActivateError(format!("cannot duplicate the TAP descriptor: {e}"))
-                })?;
-                Backend::Tap(TapLink::new(file, self.max_flows, self.addr.mtu, now))
-            }
-        };
-        let worker = NetWorker::new(a, rx, tx, gate, backend, self.control.clone())
-            .map_err(|e| ActivateError(format!("virtio-net: {e}")))?;
+        let worker = NetWorker::new(a, rx, tx, self.engine(), self.control.clone());
         Ok(Box::new(worker))
     }
 }

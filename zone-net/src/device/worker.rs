@@ -32,7 +32,75 @@ const CONTROL: u32 = 3;
 /// Shortest timer: a deadline already due fires after this.
 const MIN_TIMER: Duration = Duration::from_micros(50);
 
+/// What builds the host side of an activation: the gate and the backend (sockets, a TAP
+/// descriptor). Run on the device thread.
+pub(crate) type MakeEngine = Box<dyn FnOnce(Instant) -> std::io::Result<(Gate, Backend)> + Send>;
+
+/// The worker of one activation. The vCPU thread whose register write activated the device only
+/// hands over the queues; everything that opens host resources (sockets, the timer, the TAP)
+/// happens on the device thread, under its own seccomp filter, in [`init`](MutEventSubscriber::init).
 pub(crate) struct NetWorker {
+    start: Option<(Activation, Queue, Queue, MakeEngine)>,
+    live: Option<Live>,
+    control: Arc<NetHandle>,
+}
+
+impl NetWorker {
+    pub(crate) fn new(
+        a: Activation,
+        rx: Queue,
+        tx: Queue,
+        make: MakeEngine,
+        control: Arc<NetHandle>,
+    ) -> Self {
+        Self {
+            start: Some((a, rx, tx, make)),
+            live: None,
+            control,
+        }
+    }
+}
+
+impl MutEventSubscriber for NetWorker {
+    fn init(&mut self, ops: &mut EventOps<'_>) {
+        let Some((a, rx, tx, make)) = self.start.take() else {
+            return;
+        };
+        let built = make(Instant::now())
+            .and_then(|(gate, backend)| Live::new(a, rx, tx, gate, backend, self.control.clone()));
+        match built {
+            Ok(mut live) => {
+                live.init(ops);
+                self.live = Some(live);
+            }
+            // No host side (out of descriptors): the device stays silent, and says why.
+            Err(e) => self.control.failed(&e),
+        }
+    }
+
+    fn process(&mut self, events: Events, ops: &mut EventOps<'_>) {
+        if let Some(live) = &mut self.live {
+            live.process(events, ops);
+        }
+    }
+}
+
+impl DeviceWorker for NetWorker {
+    fn pause(&mut self, ops: &mut EventOps<'_>) {
+        if let Some(live) = &mut self.live {
+            live.pause(ops);
+        }
+    }
+
+    fn resume(&mut self, ops: &mut EventOps<'_>) {
+        if let Some(live) = &mut self.live {
+            live.resume(ops);
+        }
+    }
+}
+
+/// A running network device.
+struct Live {
     mem: GuestMemoryMmap,
     rx: Queue,
     tx: Queue,
@@ -54,8 +122,8 @@ pub(crate) struct NetWorker {
     tx_buf: Vec<u8>,
 }
 
-impl NetWorker {
-    pub(crate) fn new(
+impl Live {
+    fn new(
         a: Activation,
         rx: Queue,
         tx: Queue,
@@ -289,7 +357,7 @@ impl NetWorker {
     }
 }
 
-impl MutEventSubscriber for NetWorker {
+impl Live {
     fn init(&mut self, ops: &mut EventOps<'_>) {
         for (i, evt) in self.queue_events.iter().enumerate() {
             let _ = ops.add(Events::with_data(evt, i as u32, EventSet::IN));
@@ -336,7 +404,7 @@ impl MutEventSubscriber for NetWorker {
     }
 }
 
-impl DeviceWorker for NetWorker {
+impl Live {
     fn pause(&mut self, _ops: &mut EventOps<'_>) {
         self.paused = true;
         let _ = self.timer.clear();
@@ -353,7 +421,7 @@ impl DeviceWorker for NetWorker {
     }
 }
 
-impl Drop for NetWorker {
+impl Drop for Live {
     fn drop(&mut self) {
         self.control.stopped_running();
     }

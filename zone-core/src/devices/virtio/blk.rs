@@ -588,6 +588,17 @@ impl VirtioDevice for Block {
         read_config_bytes(&self.config, offset, data);
     }
 
+    fn syscalls(&self) -> Vec<i64> {
+        vec![
+            libc::SYS_pread64,
+            libc::SYS_pwrite64,
+            libc::SYS_preadv,
+            libc::SYS_pwritev,
+            libc::SYS_fdatasync,
+            libc::SYS_fsync,
+        ]
+    }
+
     fn activate(&mut self, mut a: Activation) -> Result<Box<dyn DeviceWorker>, ActivateError> {
         let events = std::mem::take(&mut a.queue_events);
         Ok(Box::new(QueueWorker::new(self.handler(a)?, events)))

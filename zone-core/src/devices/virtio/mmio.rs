@@ -2,15 +2,14 @@
 //!
 //! Register accesses come from vCPU threads (MMIO exits). Queue notifications do not: each queue's
 //! QueueNotify write is bound to an ioeventfd that wakes the device's thread directly. On
-//! DRIVER_OK the transport hands the configured queues to the device and starts its device thread
-//! (registered with the zone, so that pausing the zone pauses it); a status write of 0 (reset)
-//! stops the thread and forgets the queues. When the device cannot start (queues outside guest
+//! DRIVER_OK the transport hands the configured queues to the device and its worker to the
+//! device's thread (started with the zone, registered with it, so that pausing the zone pauses
+//! it); a status write of 0 (reset) ends the worker and forgets the queues. When the device cannot start (queues outside guest
 //! memory, a worker that fails), the transport sets DEVICE_NEEDS_RESET: FAILED is the driver's.
 
 use crate::device::interrupt::{INT_CONFIG, INT_USED_RING};
 use crate::device::{
-    Activation, DeviceThread, Devices, Interrupt, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX,
-    VirtioDevice,
+    Activation, DeviceThread, Interrupt, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX, VirtioDevice,
 };
 use crate::devices::BusDevice;
 use crate::exit::ZoneExit;
@@ -41,29 +40,28 @@ struct State {
     driver_features: u64,
     queue_sel: u32,
     config_generation: u32,
-    worker: Option<DeviceThread>,
+    /// A worker runs on the device thread.
+    active: bool,
 }
 
 /// One virtio-mmio device window.
 pub(crate) struct MmioTransport {
-    name: String,
     mem: GuestMemoryMmap,
     interrupt: Arc<Interrupt>,
     notify: Vec<EventFd>,
-    devices: Arc<Devices>,
+    thread: DeviceThread,
     state: Mutex<State>,
 }
 
 impl MmioTransport {
-    /// Wraps `device`. `notify[i]` must already be bound (ioeventfd) to QueueNotify writes of `i`.
-    /// The device thread is registered with `devices` when it starts.
+    /// Wraps `device`, whose workers run on `thread`. `notify[i]` must already be bound
+    /// (ioeventfd) to QueueNotify writes of `i`.
     pub(crate) fn new(
-        name: String,
         device: Box<dyn VirtioDevice>,
         mem: GuestMemoryMmap,
         interrupt: Arc<Interrupt>,
         notify: Vec<EventFd>,
-        devices: Arc<Devices>,
+        thread: DeviceThread,
     ) -> Result<Self, String> {
         let queues = device
             .queue_max_sizes()
@@ -86,14 +84,13 @@ impl MmioTransport {
             driver_features: 0,
             queue_sel: 0,
             config_generation: 0,
-            worker: None,
+            active: false,
         };
         Ok(Self {
-            name,
             mem,
             interrupt,
             notify,
-            devices,
+            thread,
             state: Mutex::new(state),
         })
     }
@@ -174,7 +171,9 @@ impl MmioTransport {
     fn set_status(&self, st: &mut State, value: u32) {
         if value == 0 {
             // Reset: stop the worker, forget negotiation and queues.
-            st.worker = None;
+            if std::mem::take(&mut st.active) {
+                self.thread.deactivate();
+            }
             for q in &mut st.queues {
                 q.reset();
             }
@@ -250,16 +249,8 @@ impl MmioTransport {
             st.status |= STATUS_DEVICE_NEEDS_RESET;
             return;
         };
-        let mut started = None;
-        self.devices.start_thread(|paused| {
-            let (thread, ctl) = DeviceThread::spawn(self.name.clone(), worker, paused).ok()?;
-            started = Some(thread);
-            Some(ctl)
-        });
-        match started {
-            Some(thread) => st.worker = Some(thread),
-            None => st.status |= STATUS_DEVICE_NEEDS_RESET,
-        }
+        self.thread.activate(worker);
+        st.active = true;
     }
 }
 
@@ -355,9 +346,8 @@ mod tests {
             .collect();
         let clones = notify.iter().map(|e| e.try_clone().unwrap()).collect();
         let irq = Arc::new(Interrupt::new(EventFd::new(libc::EFD_NONBLOCK).unwrap()));
-        let devices = Arc::new(Devices::default());
-        let transport =
-            MmioTransport::new("probe".into(), device, mem, irq, clones, devices).unwrap();
+        let thread = DeviceThread::spawn("probe".into(), || true).unwrap();
+        let transport = MmioTransport::new(device, mem, irq, clones, thread).unwrap();
         Rig {
             transport,
             notify,

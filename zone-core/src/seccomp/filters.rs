@@ -1,0 +1,269 @@
+//! The allowlists, one per kind of thread, compiled with seccompiler.
+//!
+//! Every thread: memory (mmap and mprotect never executable), futexes, time, its own signals
+//! (rt_sigreturn, the kick to a vCPU and SIGABRT for a clean abort), reads and writes on the
+//! descriptors it was given, closing them, getrandom (std's hash maps), exit. Then:
+//! - vCPU threads: `ioctl` limited to KVM_RUN, KVM_GET_REGS and KVM_GET_SREGS (fault reports),
+//!   and `dup` (a device's activation hands its worker copies of the queue eventfds);
+//! - device threads: their event manager (epoll), `ioctl(FIONBIO)` (non-blocking sockets) and
+//!   what the device declares ([`VirtioDevice::syscalls`](crate::device::VirtioDevice::syscalls):
+//!   a disk's positioned I/O and flushes, a network's Internet sockets and timer);
+//! - the supervisor: epoll and the three seccomp notification ioctls;
+//! - helpers and the deadline service: nothing more.
+//!
+//! No thread may open files, execute programs, create processes or threads, map executable
+//! memory, or signal anything but a vCPU (the kick) and itself (abort).
+
+use super::{Seccomp, ThreadKind};
+use seccompiler::{
+    BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
+    SeccompRule, TargetArch,
+};
+use std::collections::BTreeMap;
+
+type Rules = BTreeMap<i64, Vec<SeccompRule>>;
+
+/// `_IOR(KVMIO, nr, size)`.
+fn kvm_ior(nr: u64, size: usize) -> u64 {
+    (2 << 30) | ((size as u64) << 16) | (0xae << 8) | nr
+}
+
+/// KVM_RUN (`_IO(KVMIO, 0x80)`).
+const KVM_RUN: u64 = 0xae80;
+
+fn cond(arg: u8, op: SeccompCmpOp, value: u64) -> SeccompCondition {
+    // Arguments 0-5 and these operators always make a valid condition.
+    SeccompCondition::new(arg, SeccompCmpArgLen::Qword, op, value)
+        .unwrap_or_else(|_| unreachable!("seccomp condition on argument {arg}"))
+}
+
+/// Allows `nr` when argument `arg` equals one of `values`.
+fn allow_values(rules: &mut Rules, nr: i64, arg: u8, values: &[u64]) {
+    let alternatives = values
+        .iter()
+        .filter_map(|v| SeccompRule::new(vec![cond(arg, SeccompCmpOp::Eq, *v)]).ok())
+        .collect();
+    rules.insert(nr, alternatives);
+}
+
+/// Allows `nr` when argument `arg` has none of `bits` set.
+fn allow_without_bits(rules: &mut Rules, nr: i64, arg: u8, bits: u64) {
+    let rule = SeccompRule::new(vec![cond(arg, SeccompCmpOp::MaskedEq(bits), 0)]).ok();
+    rules.insert(nr, rule.into_iter().collect());
+}
+
+fn allow(rules: &mut Rules, nrs: &[i64]) {
+    for nr in nrs {
+        rules.insert(*nr, Vec::new());
+    }
+}
+
+/// What every thread zones spawns may do.
+fn base() -> Rules {
+    let mut r = Rules::new();
+    allow(
+        &mut r,
+        &[
+            libc::SYS_read,
+            libc::SYS_write,
+            libc::SYS_writev,
+            libc::SYS_close,
+            libc::SYS_futex,
+            libc::SYS_munmap,
+            libc::SYS_madvise,
+            libc::SYS_mremap,
+            libc::SYS_brk,
+            libc::SYS_sched_yield,
+            libc::SYS_clock_gettime,
+            libc::SYS_clock_nanosleep,
+            libc::SYS_nanosleep,
+            libc::SYS_gettimeofday,
+            libc::SYS_getpid,
+            libc::SYS_gettid,
+            libc::SYS_rt_sigreturn,
+            libc::SYS_rt_sigprocmask,
+            libc::SYS_sigaltstack,
+            libc::SYS_restart_syscall,
+            libc::SYS_getrandom,
+            libc::SYS_rseq,
+            libc::SYS_set_robust_list,
+            libc::SYS_exit,
+            libc::SYS_exit_group,
+        ],
+    );
+    let exec = libc::PROT_EXEC as u64;
+    allow_without_bits(&mut r, libc::SYS_mmap, 2, exec);
+    allow_without_bits(&mut r, libc::SYS_mprotect, 2, exec);
+    let kick = crate::vcpu::kick::kick_signal() as u64;
+    allow_values(&mut r, libc::SYS_tgkill, 2, &[kick, libc::SIGABRT as u64]);
+    let fcntl = [
+        libc::F_GETFL,
+        libc::F_SETFL,
+        libc::F_GETFD,
+        libc::F_SETFD,
+        libc::F_DUPFD_CLOEXEC,
+    ];
+    allow_values(&mut r, libc::SYS_fcntl, 1, &fcntl.map(|c| c as u64));
+    r
+}
+
+/// The rules of `kind`, plus `extra` calls allowed outright.
+pub(crate) fn rules(kind: ThreadKind, extra: &[i64]) -> Rules {
+    let mut r = base();
+    match kind {
+        ThreadKind::Vcpu => {
+            allow_values(
+                &mut r,
+                libc::SYS_ioctl,
+                1,
+                &[
+                    KVM_RUN,
+                    kvm_ior(0x81, std::mem::size_of::<kvm_bindings::kvm_regs>()),
+                    kvm_ior(0x83, std::mem::size_of::<kvm_bindings::kvm_sregs>()),
+                ],
+            );
+            allow(&mut r, &[libc::SYS_dup]);
+        }
+        ThreadKind::Device => {
+            allow(
+                &mut r,
+                &[
+                    libc::SYS_epoll_create1,
+                    libc::SYS_epoll_ctl,
+                    libc::SYS_epoll_wait,
+                    libc::SYS_epoll_pwait,
+                    libc::SYS_dup,
+                ],
+            );
+            // std's set_nonblocking on the sockets a device opens.
+            allow_values(&mut r, libc::SYS_ioctl, 1, &[libc::FIONBIO]);
+        }
+        ThreadKind::Supervisor => {
+            allow(
+                &mut r,
+                &[
+                    libc::SYS_epoll_create1,
+                    libc::SYS_epoll_ctl,
+                    libc::SYS_epoll_wait,
+                    libc::SYS_epoll_pwait,
+                ],
+            );
+            allow_values(
+                &mut r,
+                libc::SYS_ioctl,
+                1,
+                &[
+                    libc::SECCOMP_IOCTL_NOTIF_RECV,
+                    libc::SECCOMP_IOCTL_NOTIF_SEND,
+                    libc::SECCOMP_IOCTL_NOTIF_ID_VALID,
+                ],
+            );
+        }
+        ThreadKind::Helper | ThreadKind::Deadlines => {}
+    }
+    for nr in extra {
+        if *nr == libc::SYS_socket {
+            // Internet sockets only: no Unix sockets to the host's daemons, no netlink, no raw
+            // packets.
+            let families = [libc::AF_INET as u64, libc::AF_INET6 as u64];
+            allow_values(&mut r, libc::SYS_socket, 0, &families);
+            continue;
+        }
+        r.entry(*nr).or_default();
+        // An extra call is allowed outright, whatever conditions the kind had on it.
+        if let Some(v) = r.get_mut(nr) {
+            v.clear();
+        }
+    }
+    r
+}
+
+/// Marks the calls to hand to the supervisor: the program uses SECCOMP_RET_TRAP for them, which
+/// `install` rewrites to SECCOMP_RET_USER_NOTIF (seccompiler has no such action). No SIGSYS is
+/// ever raised: a program with that rewrite is only installed with a listener.
+pub(crate) const NOTIFY_PLACEHOLDER: SeccompAction = SeccompAction::Trap;
+
+/// Compiles `kind`'s filter: allowed calls pass; the rest get `mismatch`.
+pub(crate) fn program(
+    kind: ThreadKind,
+    extra: &[i64],
+    mismatch: SeccompAction,
+) -> Result<BpfProgram, seccompiler::BackendError> {
+    let filter = SeccompFilter::new(
+        rules(kind, extra),
+        mismatch,
+        SeccompAction::Allow,
+        TargetArch::x86_64,
+    )?;
+    filter.try_into()
+}
+
+/// A filter that answers `clone3` with ENOSYS and lets everything else through to the thread's
+/// own filter: glibc then falls back to `clone`, which the allowlist refuses and the supervisor
+/// reports by name. (Of two filters the kernel applies the stricter answer: ERRNO wins over
+/// USER_NOTIF.)
+pub(crate) fn clone3_enosys() -> Result<BpfProgram, seccompiler::BackendError> {
+    let mut rules = Rules::new();
+    allow(&mut rules, &[libc::SYS_clone3]);
+    SeccompFilter::new(
+        rules,
+        SeccompAction::Allow,
+        SeccompAction::Errno(libc::ENOSYS as u32),
+        TargetArch::x86_64,
+    )?
+    .try_into()
+}
+
+/// What a mode does with a call outside the list when no listener can be had.
+pub(crate) fn fallback(mode: Seccomp) -> SeccompAction {
+    match mode {
+        Seccomp::Log => SeccompAction::Log,
+        _ => SeccompAction::Errno(libc::EPERM as u32),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_kind_compiles_and_forbids_the_dangerous_calls() {
+        for kind in [
+            ThreadKind::Vcpu,
+            ThreadKind::Device,
+            ThreadKind::Helper,
+            ThreadKind::Deadlines,
+            ThreadKind::Supervisor,
+        ] {
+            let r = rules(kind, &[]);
+            for nr in [
+                libc::SYS_openat,
+                libc::SYS_open,
+                libc::SYS_execve,
+                libc::SYS_execveat,
+                libc::SYS_clone,
+                libc::SYS_clone3,
+                libc::SYS_fork,
+                libc::SYS_socket,
+                libc::SYS_ptrace,
+                libc::SYS_kill,
+                libc::SYS_mount,
+                libc::SYS_bpf,
+            ] {
+                assert!(
+                    !r.contains_key(&nr),
+                    "{kind:?} allows {}",
+                    super::super::name(nr)
+                );
+            }
+            assert!(program(kind, &[], NOTIFY_PLACEHOLDER).is_ok(), "{kind:?}");
+        }
+        let net = rules(ThreadKind::Device, &[libc::SYS_socket, libc::SYS_connect]);
+        assert_eq!(
+            net.get(&libc::SYS_socket).map(Vec::len),
+            Some(2),
+            "socket for AF_INET and AF_INET6 only"
+        );
+        assert!(net.get(&libc::SYS_connect).is_some_and(Vec::is_empty));
+    }
+}
