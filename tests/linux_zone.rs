@@ -95,6 +95,12 @@ fn boots_the_host_kernel_and_runs_commands() {
         "{missing:?}"
     );
     zone.kill();
+    assert_eq!(
+        zone.metrics().seccomp_refused,
+        0,
+        "{:?}",
+        zone.events().drain()
+    );
 }
 
 #[test]
@@ -121,6 +127,12 @@ fn large_binary_and_streamed_io_arrive_intact() {
     p.close_stdin().unwrap();
     assert_eq!(text(&p.wait_with_output().unwrap().stdout), "10000");
     zone.kill();
+    assert_eq!(
+        zone.metrics().seccomp_refused,
+        0,
+        "{:?}",
+        zone.events().drain()
+    );
 }
 
 #[test]
@@ -338,6 +350,12 @@ fn reads_files_from_a_disk_and_enforces_read_only() {
     assert!(wrote.status.success(), "{}", text(&wrote.stderr));
     zone.kill();
     zone.wait();
+    assert_eq!(
+        zone.metrics().seccomp_refused,
+        0,
+        "{:?}",
+        zone.events().drain()
+    );
     drop(zone);
     let image = std::fs::read(&scratch).unwrap();
     assert_eq!(&image[3 * 512..3 * 512 + 14], b"zones-was-here");

@@ -105,8 +105,10 @@ fn privileged_instructions_are_general_protection_faults() {
 /// Hardware raises #GP (gate DPL 0 < CPL 3, error code: IDT vector 3) at the `int3`. Two KVMs
 /// this project runs on differ, and each outcome is accepted exactly:
 /// - kvm_pvm (the local KVM) delivers #BP with RIP after the instruction;
-/// - kvm-amd without NRIP save (the lab, under QEMU TCG) emulates the soft interrupt, fails, and
-///   the #UD it raises meets the DPL0 gate: #GP with error code "IDT vector 6", RIP after it.
+/// - kvm-amd without NRIP save (the lab, under QEMU TCG) raises #GP whose error code holds the
+///   gate's byte offset in a 64-bit IDT (3 * 16: 0x32, where hardware puts 0x1A), RIP after the
+///   instruction in most runs and at it in some (seen both, 2026-12; `int N` in the hostile
+///   suite shows the same `(N << 4) | 2` for every vector).
 #[test]
 fn int3_through_a_supervisor_gate_ends_the_zone() {
     require_kvm!();
@@ -115,7 +117,7 @@ fn int3_through_a_supervisor_gate_ends_the_zone() {
         |code: u64| f.exception() == Exception::GeneralProtection && f.error_code == Some(code);
     let hardware = gp((3 << 3) | 2) && f.rip == rip;
     let pvm = f.exception() == Exception::Breakpoint && f.rip == rip + 1 && f.error_code.is_none();
-    let lab = gp((6 << 3) | 2) && f.rip == rip + 1;
+    let lab = gp((3 << 4) | 2) && (f.rip == rip + 1 || f.rip == rip);
     assert!(hardware || pvm || lab, "{f:?} (int3 at {rip:#x})");
 }
 

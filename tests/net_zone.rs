@@ -49,6 +49,7 @@ fn allowed_host_port_connects_and_a_denied_one_is_refused_with_an_event() {
         .cloned()
         .expect("net0 counters");
     assert!(shown.get("flows_refused").unwrap() >= 1);
+    netlab::no_refused_syscalls(&zone);
     zone.kill();
 }
 
@@ -112,6 +113,7 @@ fn a_name_rule_opens_exactly_the_answered_address_and_rebinding_is_refused() {
         d.protocol == "dns" && d.destination == "other.test"
     });
     netlab::wait_denial(&events, |d| d.rule.starts_with("rebinding"));
+    netlab::no_refused_syscalls(&zone);
     zone.kill();
 }
 
@@ -156,6 +158,7 @@ fn net_cut_stops_a_transfer_at_once_and_restore_brings_the_network_back() {
     );
     assert_eq!(after, "reply back", "{}", netlab::guest_net_state(&zone));
     assert!(zone.net_metrics().unwrap().dropped_cut > 0);
+    netlab::no_refused_syscalls(&zone);
     zone.kill();
 }
 
@@ -306,6 +309,7 @@ fn udp_and_ping_follow_the_policy() {
         "allowed once the host lets the VMM ping"
     );
     assert!(!ping("198.51.100.1"), "no rule");
+    netlab::no_refused_syscalls(&zone);
     zone.kill();
 }
 
@@ -351,6 +355,7 @@ fn the_tap_backend_enforces_the_same_policy() {
         assert!(Instant::now() < until, "{:?}", zone.net_metrics());
         std::thread::sleep(Duration::from_millis(20));
     }
+    netlab::no_refused_syscalls(&zone);
     zone.kill();
 }
 
@@ -408,5 +413,6 @@ fn a_rate_limit_caps_a_transfer_and_can_be_lifted() {
     );
     zone.set_net_rate_limit(Direction::Ingress, None).unwrap();
     netlab::wait_rx(&zone, start + got + 4 * limit);
+    netlab::no_refused_syscalls(&zone);
     zone.kill();
 }

@@ -357,6 +357,23 @@ metrics: {:?}",
     )
 }
 
+/// The zone's threads (vCPUs, devices) stayed inside their seccomp allowlists.
+pub fn no_refused_syscalls(zone: &Zone) {
+    if zone.metrics().seccomp_refused == 0 {
+        return;
+    }
+    // The zone's last events (the test's own subscription may have taken them already).
+    let recent = zone
+        .quarantine()
+        .map(|e| e.recent_events)
+        .unwrap_or_default();
+    let refusals: Vec<_> = recent
+        .iter()
+        .filter(|e| matches!(e, ZoneEvent::Violation(v) if v.control == "seccomp"))
+        .collect();
+    panic!("system calls refused on the zone's threads: {refusals:?}");
+}
+
 /// File descriptors this process has open.
 pub fn open_fds() -> usize {
     std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count())
