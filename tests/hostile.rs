@@ -4,9 +4,11 @@
 //! (pause/resume/kill storms from several threads). Counters must be exact, host memory flat,
 //! every control call must return, and the zone must end as the guest or the controller says.
 //!
-//! The tests run one at a time. The lab runs the counted floods at a tenth of their size (each
-//! exit is emulated in software there, about a hundred times slower); the local KVM runs them at
-//! full size.
+//! The tests run one at a time, at full size on the local KVM (`cargo test`). `lab/test hostile`
+//! runs them by hand, the counted floods at a tenth of their size (each exit is emulated in
+//! software there, about a hundred times slower); it is not part of the test command, because
+//! under this load QEMU's emulated machine fails now and then (a lab CPU that stops answering
+//! IPIs, a lab-kernel crash right after a nested VM exit): see the README's status table.
 
 mod common;
 
@@ -373,7 +375,9 @@ fn pause_resume_and_kill_storms_from_several_threads_always_return() {
                 }
             }));
         }
-        std::thread::sleep(common::scaled(Duration::from_millis(500)));
+        // Not scaled: the lab's emulated machine, loaded with signal storms for seconds, now
+        // and then stops answering a CPU's IPIs (a soft lockup of the lab kernel, lab/run).
+        std::thread::sleep(Duration::from_millis(500));
         zone.kill();
         std::thread::sleep(Duration::from_millis(100));
         stop.store(true, Ordering::Relaxed);

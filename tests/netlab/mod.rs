@@ -244,11 +244,20 @@ pub fn zone_with(net: Net) -> Zone {
     zone(Zone::builder().net(net))
 }
 
-/// Runs `netprobe ARGS` in the zone; its one output line.
+/// Runs `netprobe ARGS` in the zone; its one output line. Bounded (60 s, scaled): a probe that
+/// hangs fails the test with the zone's state instead of running into the lab's timeout.
 pub fn probe(zone: &Zone, args: &[&str]) -> String {
-    let out = zone
-        .exec(&Command::new("/bin/netprobe").args(args))
-        .unwrap_or_else(|e| panic!("netprobe {args:?}: {e}\nconsole:\n{}", zone.console_text()));
+    let cmd = Command::new("/bin/netprobe")
+        .args(args)
+        .timeout(crate::common::scaled(Duration::from_secs(60)));
+    let out = zone.exec(&cmd).unwrap_or_else(|e| {
+        panic!(
+            "netprobe {args:?}: {e}\nzone: {:?}\nmetrics: {:?}\nconsole:\n{}",
+            zone.state(),
+            zone.metrics(),
+            zone.console_text()
+        )
+    });
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
