@@ -127,12 +127,7 @@ fn net_cut_stops_a_transfer_at_once_and_restore_brings_the_network_back() {
         .allow(&format!("tcp host:{}", source.port()))
         .allow(&format!("tcp host:{}", echo.port()));
     let zone = zone_with(net);
-    let mut transfer = zone
-        .spawn(
-            &Command::new("/bin/netprobe").args(["stream", &format!("10.0.2.2:{}", source.port())]),
-        )
-        .unwrap();
-    netlab::wait_rx(&zone, 4 << 20);
+    let mut transfer = netlab::stream_from(&zone, &source, 4 << 20);
     let flows = zone.net_flows().unwrap();
     assert_eq!(flows.len(), 1, "{flows:?}");
     let cut_at = Instant::now();
@@ -169,12 +164,7 @@ fn tightening_the_policy_cuts_an_open_flow() {
     let source = Peer::stream("127.0.0.1:0");
     let rule = format!("tcp host:{}", source.port());
     let zone = zone_with(Net::user().allow(&rule));
-    let mut transfer = zone
-        .spawn(
-            &Command::new("/bin/netprobe").args(["stream", &format!("10.0.2.2:{}", source.port())]),
-        )
-        .unwrap();
-    netlab::wait_rx(&zone, 1 << 20);
+    let mut transfer = netlab::stream_from(&zone, &source, 1 << 20);
     let events = zone.events();
     let generation = zone.set_net_policy(NetPolicy::new().deny(&rule)).unwrap();
     assert_eq!(generation, 2);
@@ -196,12 +186,7 @@ fn quarantine_freezes_the_zone_cuts_its_flows_and_reports_them() {
     netlab::namespace(&[]);
     let source = Peer::stream("127.0.0.1:0");
     let zone = zone_with(Net::user().allow(&format!("tcp host:{}", source.port())));
-    let _transfer = zone
-        .spawn(
-            &Command::new("/bin/netprobe").args(["stream", &format!("10.0.2.2:{}", source.port())]),
-        )
-        .unwrap();
-    netlab::wait_rx(&zone, 1 << 20);
+    let _transfer = netlab::stream_from(&zone, &source, 1 << 20);
     let evidence = zone.quarantine().unwrap();
     assert_eq!(zone.state(), ZoneState::Quarantined);
     let net = evidence
@@ -369,12 +354,7 @@ fn pause_stops_flows_and_resume_continues_them() {
     netlab::namespace(&[]);
     let source = Peer::stream("127.0.0.1:0");
     let zone = zone_with(Net::user().allow(&format!("tcp host:{}", source.port())));
-    let _transfer = zone
-        .spawn(
-            &Command::new("/bin/netprobe").args(["stream", &format!("10.0.2.2:{}", source.port())]),
-        )
-        .unwrap();
-    netlab::wait_rx(&zone, 1 << 20);
+    let _transfer = netlab::stream_from(&zone, &source, 1 << 20);
     zone.pause().unwrap();
     let frozen = zone.net_metrics().unwrap();
     std::thread::sleep(Duration::from_millis(500));
@@ -400,12 +380,7 @@ fn a_rate_limit_caps_a_transfer_and_can_be_lifted() {
         .allow(&format!("tcp host:{}", source.port()))
         .rate_limit(Direction::Ingress, RateLimit::bytes_per_sec(limit));
     let zone = zone_with(net);
-    let _transfer = zone
-        .spawn(
-            &Command::new("/bin/netprobe").args(["stream", &format!("10.0.2.2:{}", source.port())]),
-        )
-        .unwrap();
-    netlab::wait_rx(&zone, 300_000);
+    let _transfer = netlab::stream_from(&zone, &source, 300_000);
     let (start, at) = (zone.net_metrics().unwrap().rx_bytes, Instant::now());
     std::thread::sleep(Duration::from_secs(3));
     let got = zone.net_metrics().unwrap().rx_bytes - start;

@@ -261,6 +261,17 @@ pub fn probe(zone: &Zone, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
+/// Starts `netprobe stream` in the zone, reading from `source` through the gateway, and returns
+/// it once the zone has received `bytes`.
+pub fn stream_from(zone: &Zone, source: &Peer, bytes: u64) -> Process {
+    let from = format!("10.0.2.2:{}", source.port());
+    let transfer = zone
+        .spawn(&Command::new("/bin/netprobe").args(["stream", &from]))
+        .unwrap_or_else(|e| panic!("netprobe stream {from}: {e}"));
+    wait_rx(zone, bytes);
+    transfer
+}
+
 /// The first line a spawned command prints on stdout (waits for it to end).
 pub fn stdout_line(p: &mut Process) -> String {
     let mut out = Vec::new();
