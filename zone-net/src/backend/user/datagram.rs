@@ -74,7 +74,7 @@ pub(crate) fn on_udp(
         prohibit(gate, *dst.ip(), frame);
         return;
     };
-    let mut flow = new_flow(
+    let mut flow = Flow::new(
         gate,
         key,
         target,
@@ -150,7 +150,7 @@ pub(crate) fn on_echo(
             return;
         }
     };
-    let mut flow = new_flow(
+    let mut flow = Flow::new(
         gate,
         key,
         target,
@@ -164,29 +164,6 @@ pub(crate) fn on_echo(
     relay(&mut flow, gate, &request);
     if !stack.add(flow, EventSet::IN, gate, ops) {
         gate.counters.dropped(DropReason::Backlog);
-    }
-}
-
-fn new_flow(
-    gate: &Gate,
-    key: FlowKey,
-    target: FlowTarget,
-    verdict: crate::policy::Verdict,
-    kind: Kind,
-) -> Flow {
-    Flow {
-        key,
-        target: FlowTarget {
-            name: gate.pinned_name(verdict, target.addr),
-            ..target
-        },
-        rule: gate.policy.describe(verdict.rule),
-        opened: gate.now,
-        last: gate.now,
-        bytes_out: 0,
-        bytes_in: 0,
-        dead: false,
-        kind,
     }
 }
 

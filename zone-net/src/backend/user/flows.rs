@@ -72,6 +72,30 @@ pub(crate) struct Flow {
 }
 
 impl Flow {
+    /// A flow `verdict` allowed: the target named by its DNS pin, the deciding rule described.
+    pub(crate) fn new(
+        gate: &super::Gate,
+        key: FlowKey,
+        target: FlowTarget,
+        verdict: crate::policy::Verdict,
+        kind: Kind,
+    ) -> Flow {
+        Flow {
+            key,
+            target: FlowTarget {
+                name: gate.pinned_name(verdict, target.addr),
+                ..target
+            },
+            rule: gate.policy.describe(verdict.rule),
+            opened: gate.now,
+            last: gate.now,
+            bytes_out: 0,
+            bytes_in: 0,
+            dead: false,
+            kind,
+        }
+    }
+
     /// The host socket.
     pub(crate) fn fd(&self) -> RawFd {
         match &self.kind {

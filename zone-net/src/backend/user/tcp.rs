@@ -77,29 +77,17 @@ pub(crate) fn on_segment(
             return;
         }
     };
-    let flow = Flow {
-        key,
-        target: FlowTarget {
-            name: gate.pinned_name(verdict, target.addr),
-            ..target
+    let kind = Kind::Tcp(TcpFlow {
+        stream,
+        state: TcpState::Connecting {
+            syn: frame.to_vec(),
+            seg,
         },
-        rule: gate.policy.describe(verdict.rule),
-        opened: gate.now,
-        last: gate.now,
-        bytes_out: 0,
-        bytes_in: 0,
-        dead: false,
-        kind: Kind::Tcp(TcpFlow {
-            stream,
-            state: TcpState::Connecting {
-                syn: frame.to_vec(),
-                seg,
-            },
-            readable: false,
-            writable: false,
-            write_shut: false,
-        }),
-    };
+        readable: false,
+        writable: false,
+        write_shut: false,
+    });
+    let flow = Flow::new(gate, key, target, verdict, kind);
     if !stack.add(flow, EventSet::IN | EventSet::OUT, gate, ops) {
         gate.counters.dropped(DropReason::Backlog);
         let rst = gate.link.tcp_reset(&seg);
