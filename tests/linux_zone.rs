@@ -426,6 +426,58 @@ fn boots_a_minimal_kernel_with_drivers_built_in() {
     std::fs::remove_dir_all(&disk_dir).unwrap();
 }
 
+/// Debian's 6.12 kernel as `lab/debian-kernel` unpacks it: `(vmlinuz, modules dir, version)`.
+fn debian_6_12() -> Option<(std::path::PathBuf, std::path::PathBuf, String)> {
+    let root =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/lab-kernels/debian-6.12");
+    let version = std::fs::read_dir(root.join("lib/modules"))
+        .ok()?
+        .filter_map(Result::ok)
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .next()?;
+    let kernel = root.join("boot").join(format!("vmlinuz-{version}"));
+    let modules = root.join("lib/modules").join(&version);
+    Some((kernel, modules, version))
+}
+
+/// The kernel users of Debian 13 and bookworm-backports have: modules compressed as `.ko.xz`,
+/// `virtio_mmio` a module, `virtio_pci` built in. The agent's modules (and ext4 with its
+/// dependencies) are decompressed on the host; the zone boots and runs commands.
+#[test]
+fn boots_debian_6_12_compressed_modules() {
+    require_linux!();
+    let (kernel, modules, version) = debian_6_12()
+        .expect("no target/lab-kernels/debian-6.12: lab/setup fetches it (lab/debian-kernel)");
+    let boot = with_userland(LinuxBoot::new(&kernel))
+        .modules_dir(&modules)
+        .module("ext4");
+    let started = Instant::now();
+    let zone = zone(boot, 2, 256);
+    let info = zone
+        .wait_ready(common::scaled(Duration::from_secs(30)))
+        .unwrap_or_else(|e| panic!("{e}\nconsole:\n{}", zone.console_text()));
+    eprintln!("6.12: agent ready after {:?}", started.elapsed());
+    assert_eq!(info.kernel_release, version);
+    let out = run(
+        &zone,
+        &sh(
+            "uname -r; grep -E '^(virtio_mmio|vmw_vsock_virtio_transport|ext4) ' /proc/modules | cut -d' ' -f1 | sort",
+        ),
+    );
+    assert_eq!(
+        text(&out.stdout),
+        format!("{version}\next4\nvirtio_mmio\nvmw_vsock_virtio_transport"),
+        "stderr {:?}\nconsole:\n{}",
+        text(&out.stderr),
+        zone.console_text()
+    );
+    assert!(
+        !zone.console_text().contains("zone-agent: module"),
+        "every module loaded:\n{}",
+        zone.console_text()
+    );
+}
+
 /// A guest that takes the vsock device from its driver breaks the exec channel: once the agent
 /// has answered, the next exec fails fast (bounded by its timeout), not after the 120 s boot wait.
 #[test]

@@ -6,6 +6,7 @@ mod agent;
 mod boot;
 mod cpio;
 mod cpu;
+mod decompress;
 mod devices;
 mod disk;
 mod exits;
@@ -15,6 +16,7 @@ pub(crate) mod layout;
 pub use acpi::AcpiError;
 pub use boot::BootError;
 pub use cpio::CpioError;
+pub use decompress::DecompressError;
 pub use disk::{Disk, DiskError};
 pub use initramfs::InitramfsError;
 
