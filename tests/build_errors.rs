@@ -173,3 +173,56 @@ fn invalid_elf_is_rejected_before_any_zone_exists() {
     assert!(GuestProgram::from_elf(b"not an elf").is_err());
     assert!(GuestProgram::from_elf(&[]).is_err());
 }
+
+/// A root filesystem on a kernel without overlayfs, or in a format zones does not mount, is
+/// refused before any zone exists, naming the zone, the module or image, and the fix.
+#[test]
+fn root_filesystem_errors_name_the_fix() {
+    let dir = std::env::temp_dir().join(format!("zones-rootfs-errors-{}", std::process::id()));
+    std::fs::create_dir_all(dir.join("modules/kernel")).unwrap();
+    // A modular kernel that has the agent's modules and ext4, but no overlay.
+    let mut dep = String::new();
+    for m in [
+        "virtio_mmio",
+        "vmw_vsock_virtio_transport",
+        "virtio_blk",
+        "ext4",
+    ] {
+        std::fs::write(dir.join(format!("modules/kernel/{m}.ko")), b"\x7fELF").unwrap();
+        dep.push_str(&format!("kernel/{m}.ko:\n"));
+    }
+    std::fs::write(dir.join("modules/modules.dep"), dep).unwrap();
+    let mut ext4 = vec![0u8; 8192];
+    ext4[1080..1082].copy_from_slice(&[0x53, 0xef]);
+    std::fs::write(dir.join("fs.ext4"), &ext4).unwrap();
+    std::fs::write(dir.join("notes.txt"), vec![b'x'; 8192]).unwrap();
+    let build = |rootfs: zones::Rootfs| {
+        Zone::builder()
+            .name("imagezone")
+            .memory_mib(128)
+            .linux(
+                zones::LinuxBoot::from_image(vec![0u8; 4096])
+                    .modules_dir(dir.join("modules"))
+                    .rootfs(rootfs),
+            )
+            .build()
+            .unwrap_err()
+            .to_string()
+    };
+    let err = build(zones::Rootfs::image(dir.join("fs.ext4")));
+    assert!(
+        err.contains("imagezone") && err.contains("`overlay`"),
+        "{err}"
+    );
+    let err = build(zones::Rootfs::image(dir.join("notes.txt")));
+    assert!(
+        err.contains("notes.txt") && err.contains("not an ext4, erofs or squashfs image"),
+        "{err}"
+    );
+    let err = build(zones::Rootfs::oci(dir.join("notes.txt")).cache_dir(dir.join("cache")));
+    assert!(
+        err.contains("OCI image") && err.contains("notes.txt"),
+        "{err}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}

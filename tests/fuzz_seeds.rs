@@ -38,6 +38,7 @@ fn every_seed_runs_through_its_target() {
             "net_frames" => zones::net::fuzzing::frames(&bytes),
             "net_queues" => zones::net::fuzzing::queues(&bytes),
             "dns_answer" => zones::net::fuzzing::dns_answer(&bytes),
+            "oci_layer" => zones::fuzzing::oci_layer(&bytes),
             other => panic!("no fuzz target {other} (seed {name})"),
         }
     }

@@ -1,6 +1,6 @@
 //! PID 1 duties: mount the kernel's filesystems, load the kernel modules the host put in the
-//! initramfs, configure the network the host described ([`crate::net`]), set a usable
-//! environment, run the server (`--serve`) as a child and reap every process that ends up
+//! initramfs, switch to the root filesystem the host attached ([`crate::rootfs`]), configure the
+//! network the host described ([`crate::net`]), set a usable environment, run the server (`--serve`) as a child and reap every process that ends up
 //! orphaned.
 //!
 //! Problems are printed to stderr, which for PID 1 is `/dev/console` (the zone's console), as
@@ -88,11 +88,14 @@ pub fn run() -> ! {
     for problem in load_modules(Path::new(MODULES_DIR)) {
         eprintln!("{problem}");
     }
+    set_default_env();
+    // After the modules (the filesystems'), before the network (which writes /etc/resolv.conf
+    // into the new root).
+    let server_env = crate::rootfs::setup();
     for problem in crate::net::setup() {
         eprintln!("{problem}");
     }
-    set_default_env();
-    supervise()
+    supervise(&server_env)
 }
 
 /// Creates the mount points and mounts `/proc`, `/sys`, `/dev`, `/dev/pts` (best effort),
@@ -176,12 +179,15 @@ fn set_default_env() {
 
 /// This executable, to start the server from.
 fn self_exe() -> PathBuf {
-    std::env::current_exe().unwrap_or_else(|_| PathBuf::from("/proc/self/exe"))
+    // The magic link, not the path it reads as: after a switch of root, `/init` names another
+    // file (or none), while the link still reaches the agent's own inode.
+    PathBuf::from("/proc/self/exe")
 }
 
-fn start_server() -> Option<i32> {
+fn start_server(env: &[(&str, String)]) -> Option<i32> {
     match std::process::Command::new(self_exe())
         .arg("--serve")
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .spawn()
     {
         // The child is reaped by the `wait4(-1)` loop, not through `Child`.
@@ -193,10 +199,11 @@ fn start_server() -> Option<i32> {
     }
 }
 
-/// Reaps every child forever, restarting the server when it dies.
-fn supervise() -> ! {
+/// Reaps every child forever, restarting the server (with `env` added to its environment) when
+/// it dies.
+fn supervise(env: &[(&str, String)]) -> ! {
     let mut restarts = 0;
-    let mut server = start_server();
+    let mut server = start_server(env);
     loop {
         if server.is_none() {
             if restarts >= MAX_SERVER_RESTARTS {
@@ -209,7 +216,7 @@ fn supervise() -> ! {
             restarts += 1;
             std::thread::sleep(Duration::from_millis(200));
             eprintln!("zone-agent: restarting the server ({restarts} of {MAX_SERVER_RESTARTS})");
-            server = start_server();
+            server = start_server(env);
             continue;
         }
         match sys::wait4(-1, 0) {

@@ -15,6 +15,8 @@ pub mod init;
 #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
 pub mod net;
 #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+pub mod rootfs;
+#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
 pub mod server;
 #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
 pub mod sys;

@@ -350,3 +350,13 @@ mod tests {
         );
     }
 }
+
+/// How the host and the agent agree on a zone's root filesystem (zone-core's `Rootfs`).
+pub mod rootfs {
+    /// Where the host describes the root filesystem in the initramfs (absolute in the guest).
+    pub const CONFIG: &str = "/etc/zones/rootfs";
+    /// virtio-blk serial of the image's disk.
+    pub const ROOTFS_SERIAL: &str = "zones-rootfs";
+    /// virtio-blk serial of the scratch disk.
+    pub const SCRATCH_SERIAL: &str = "zones-scratch";
+}

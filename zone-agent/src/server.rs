@@ -4,6 +4,7 @@
 //! [`run`] is the `--serve` process; [`handle_connection`] serves one connection over any
 //! connected stream socket (tests drive it over a Unix socket pair).
 
+mod defaults;
 mod session;
 mod stdin;
 
@@ -37,6 +38,10 @@ pub fn handle_connection(conn: OwnedFd) {
             let _ = proto::write_frame(&mut &conn, kind::PONG, &pong_payload());
         }
         Ok(Some((kind::PING, _))) => send_error(&conn, "malformed PING: it carries no payload"),
+        Ok(Some((kind::EXEC, _))) if defaults::get().rootfs_error.is_some() => {
+            let msg = defaults::get().rootfs_error.clone().unwrap_or_default();
+            send_error(&conn, &msg);
+        }
         Ok(Some((kind::EXEC, payload))) => match ExecRequest::decode(&payload) {
             Ok(request) => session::run(conn, request),
             Err(e) => send_error(&conn, &format!("rejected EXEC request: {e}")),
@@ -81,6 +86,7 @@ pub fn listen_vsock(port: u32) -> io::Result<OwnedFd> {
 /// ten seconds while the vsock transport comes up), prints `zone-agent: ready`, then serves every
 /// connection on its own thread, forever. Exits with status 1 if it cannot listen.
 pub fn run() -> ! {
+    defaults::take();
     let listener = listen_with_retries(proto::AGENT_PORT);
     eprintln!("zone-agent: ready");
     loop {

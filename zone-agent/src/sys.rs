@@ -19,6 +19,10 @@ pub const VMADDR_CID_ANY: u32 = u32::MAX;
 /// `shutdown`: stop both directions.
 pub const SHUT_RDWR: i32 = 2;
 
+/// `mount` flag: read-only.
+pub const MS_RDONLY: u64 = 1;
+/// `mount` flag: move an existing mount elsewhere.
+pub const MS_MOVE: u64 = 8192;
 /// `mount` flag: ignore set-user-id and set-group-id bits.
 pub const MS_NOSUID: u64 = 2;
 /// `mount` flag: no device files.

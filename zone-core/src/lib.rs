@@ -52,7 +52,7 @@ pub use exec::{
 pub use exit::{Exception, Fault, ZoneExit};
 pub use host_fn::{HostCall, HostFnError, HostFnNameError, HostFnResult};
 pub use kvm::{DEFAULT_KVM_PATH, KvmError};
-pub use linux::{Disk, DiskError, LinuxBoot, LinuxError};
+pub use linux::{Disk, DiskError, LinuxBoot, LinuxError, Rootfs, RootfsError};
 pub use memory::MemoryError;
 pub use metrics::{ExitCounts, HypercallCounts, ZoneMetrics};
 pub use micro::elf::ElfError;

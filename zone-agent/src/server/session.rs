@@ -332,10 +332,11 @@ fn spawn(request: &ExecRequest) -> Result<Child, String> {
     let Some((program, args)) = request.argv.split_first() else {
         return Err("rejected EXEC request: no program".into());
     };
-    let cwd: &[u8] = if request.cwd.is_empty() {
-        b"/"
-    } else {
-        &request.cwd
+    let defaults = super::defaults::get();
+    let cwd: &[u8] = match (&request.cwd[..], &defaults.cwd) {
+        ([], Some(dir)) => dir,
+        ([], None) => b"/",
+        (dir, _) => dir,
     };
     match std::fs::metadata(Path::new(OsStr::from_bytes(cwd))) {
         Ok(m) if m.is_dir() => {}
@@ -362,6 +363,9 @@ fn spawn(request: &ExecRequest) -> Result<Child, String> {
     for entry in &request.env {
         let (key, value) = split_env(entry);
         cmd.env(OsStr::from_bytes(key), OsStr::from_bytes(value));
+    }
+    if let Some((uid, gid)) = defaults.user {
+        cmd.uid(uid).gid(gid);
     }
     cmd.current_dir(OsStr::from_bytes(cwd))
         .stdin(if request.stdin {

@@ -15,7 +15,79 @@ pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
         seeds.push(("blk_request", name.to_string(), input));
     }
     seeds.push(("vsock_packets", "session".into(), vsock_session()));
+    for (name, input) in layers() {
+        seeds.push(("oci_layer", name.to_string(), input));
+    }
     seeds
+}
+
+/// Image layers as image builders write them: files, directories, symbolic and hard links,
+/// whiteouts and an opaque directory, long names (GNU and PAX headers), and the links a
+/// hostile layer uses to climb out.
+fn layers() -> Vec<(&'static str, Vec<u8>)> {
+    fn entry(
+        b: &mut tar::Builder<Vec<u8>>,
+        kind: tar::EntryType,
+        path: &str,
+        data: &[u8],
+        link: &str,
+    ) {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(kind);
+        h.set_mode(if kind.is_dir() { 0o755 } else { 0o644 });
+        h.set_size(data.len() as u64);
+        h.set_mtime(1_700_000_000);
+        if link.is_empty() {
+            let _ = b.append_data(&mut h, path, data);
+        } else {
+            let _ = b.append_link(&mut h, path, link);
+        }
+    }
+    use tar::EntryType::{Directory as D, Link as H, Regular as F, Symlink as S};
+    let build = |entries: &[(tar::EntryType, &str, &[u8], &str)]| {
+        let mut b = tar::Builder::new(Vec::new());
+        for (kind, path, data, link) in entries {
+            entry(&mut b, *kind, path, data, link);
+        }
+        b.into_inner().unwrap_or_default()
+    };
+    let long = format!("usr/share/{}/file.txt", "deep-directory-name".repeat(8));
+    vec![
+        (
+            "base",
+            build(&[
+                (D, "etc", b"", ""),
+                (F, "etc/os-release", b"ID=debian\n", ""),
+                (D, "usr/bin", b"", ""),
+                (F, "usr/bin/python3", b"\x7fELF", ""),
+                (S, "bin", b"", "usr/bin"),
+                (H, "usr/bin/python", b"", "usr/bin/python3"),
+                (F, &long, b"long name", ""),
+            ]),
+        ),
+        (
+            "whiteouts",
+            build(&[
+                (F, "etc/.wh.os-release", b"", ""),
+                (D, "opt/app", b"", ""),
+                (F, "opt/app/main.py", b"print(42)\n", ""),
+                (F, "opt/app/.wh..wh..opq", b"", ""),
+                (F, "bin/tool", b"through the link", ""),
+            ]),
+        ),
+        (
+            "climbing-links",
+            build(&[
+                (S, "etc", b"", "/"),
+                (S, "up", b"", "../../../.."),
+                (F, "etc/passwd", b"root::0:0::/:/bin/sh\n", ""),
+                (F, "up/escaped", b"x", ""),
+                (S, "loop", b"", "loop"),
+                (F, "loop/x", b"", ""),
+                (H, "hard", b"", "etc/passwd"),
+            ]),
+        ),
+    ]
 }
 
 /// A hypercall input: number, six argument words, then the read-only page (after the names)
