@@ -424,6 +424,34 @@ fn rest_len_hint(op: u8) -> usize {
     usize::from(op) * 512
 }
 
+/// Applies arbitrary bytes as an OCI image layer, twice (stacked), in a fresh directory: it must
+/// never panic, and nothing may appear beside the tree it unpacks into.
+pub fn oci_layer(data: &[u8]) {
+    use crate::linux::rootfs::layer::{Budget, apply};
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let outer = std::env::temp_dir().join(format!(
+        "zones-fuzz-layer-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    ));
+    let root = outer.join("root");
+    if std::fs::create_dir_all(&root).is_err() {
+        return;
+    }
+    let mut budget = Budget {
+        left: 1 << 20,
+        limit: 1 << 20,
+    };
+    let _ = apply(&root, data, &mut budget);
+    let _ = apply(&root, data, &mut budget);
+    let beside: Vec<_> = std::fs::read_dir(&outer)
+        .map(|d| d.filter_map(Result::ok).map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    let _ = std::fs::remove_dir_all(&outer);
+    assert_eq!(beside, ["root"], "a layer wrote beside its tree");
+}
+
 #[cfg(test)]
 mod tests {
     /// A scripted vsock session: open a stream, the guest answers, data both ways, drains.
@@ -455,32 +483,4 @@ mod tests {
         }
         super::hypercall(&input[..52 + 8]);
     }
-}
-
-/// Applies arbitrary bytes as an OCI image layer, twice (stacked), in a fresh directory: it must
-/// never panic, and nothing may appear beside the tree it unpacks into.
-pub fn oci_layer(data: &[u8]) {
-    use crate::linux::rootfs::layer::{Budget, apply};
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    let outer = std::env::temp_dir().join(format!(
-        "zones-fuzz-layer-{}-{}",
-        std::process::id(),
-        NEXT.fetch_add(1, Ordering::Relaxed)
-    ));
-    let root = outer.join("root");
-    if std::fs::create_dir_all(&root).is_err() {
-        return;
-    }
-    let mut budget = Budget {
-        left: 1 << 20,
-        limit: 1 << 20,
-    };
-    let _ = apply(&root, data, &mut budget);
-    let _ = apply(&root, data, &mut budget);
-    let beside: Vec<_> = std::fs::read_dir(&outer)
-        .map(|d| d.filter_map(Result::ok).map(|e| e.file_name()).collect())
-        .unwrap_or_default();
-    let _ = std::fs::remove_dir_all(&outer);
-    assert_eq!(beside, ["root"], "a layer wrote beside its tree");
 }
