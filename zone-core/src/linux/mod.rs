@@ -264,8 +264,7 @@ impl LinuxBoot {
     /// with the module's name.
     ///
     /// ```no_run
-    /// use zones::prelude::*;
-    /// use zones::{Command, LinuxBoot, Rootfs};
+    /// use zone_core::{Command, LinuxBoot, Rootfs, Zone};
     /// let zone = Zone::builder()
     ///     .memory_mib(512)
     ///     .linux(LinuxBoot::host_kernel()?.rootfs(Rootfs::dir("/srv/debian-python")))

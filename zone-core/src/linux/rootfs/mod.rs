@@ -50,10 +50,10 @@ enum Writable {
 /// The root filesystem of a Linux zone (see [`LinuxBoot::rootfs`](super::LinuxBoot::rootfs)).
 ///
 /// ```no_run
-/// use zones::{LinuxBoot, Rootfs};
+/// use zone_core::{LinuxBoot, Rootfs};
 /// let boot = LinuxBoot::host_kernel()?
 ///     .rootfs(Rootfs::oci("images/python.tar").writable_mib(128));
-/// # Ok::<(), zones::LinuxError>(())
+/// # Ok::<(), zone_core::LinuxError>(())
 /// ```
 #[derive(Clone, Debug)]
 pub struct Rootfs {
