@@ -117,7 +117,7 @@ fn python_runs_from_a_directory_an_image_and_an_oci_archive() {
     drop(from_image);
 
     // The OCI archive: its second layer added /srv/app/hello.py and deleted /etc/motd; its
-    // configuration sets Env and WorkingDir.
+    // configuration sets Env, WorkingDir and User (nobody).
     let started = Instant::now();
     let from_oci = zone(Rootfs::oci(images().join("debian-python.tar")));
     let out = run(&from_oci, &Command::new("python3").arg("hello.py"));
@@ -133,9 +133,12 @@ fn python_runs_from_a_directory_an_image_and_an_oci_archive() {
     );
     let out = run(
         &from_oci,
-        &sh("pwd; echo $ZONES_IMAGE; test -e /etc/motd && echo motd || echo no-motd"),
+        &sh(
+            "pwd; echo $ZONES_IMAGE; test -e /etc/motd && echo motd || echo no-motd; id -un; \
+             touch /etc/x 2>&1 | grep -c denied",
+        ),
     );
-    assert_eq!(text(&out.stdout), "/srv/app\noci\nno-motd");
+    assert_eq!(text(&out.stdout), "/srv/app\noci\nno-motd\nnobody\n1");
 }
 
 #[test]

@@ -1,4 +1,5 @@
-//! Panics with a message, or exhausts the heap (first argument `oom`).
+//! Panics with a message, or exhausts the heap (first argument `oom`), or panics with the
+//! message given as the second argument (first argument `say`).
 #![no_std]
 #![no_main]
 extern crate alloc;
@@ -6,7 +7,13 @@ extern crate alloc;
 zone_guest::entry!(main);
 
 fn main() {
-    if zone_guest::args().next() == Some(b"oom") {
+    let mut args = zone_guest::args();
+    let first = args.next();
+    if first == Some(b"say") {
+        let message = args.next().and_then(|m| core::str::from_utf8(m).ok());
+        panic!("{}", message.unwrap_or("(no message)"));
+    }
+    if first == Some(b"oom") {
         let mut hoard = alloc::vec::Vec::new();
         loop {
             hoard.push(alloc::vec![1u8; 1 << 20]);

@@ -354,6 +354,11 @@ impl ZoneBuilder {
                 max: MAX_VCPUS,
             });
         }
+        let span = tracing::info_span!(target: "zones::build", "zone_build", zone = %zone, id);
+        let _entered = span.enter();
+        crate::trace::start_forwarder();
+        let started = std::time::Instant::now();
+        let (vcpus, memory_mib) = (self.vcpus, self.memory_mib);
         let settings = Settings {
             id,
             zone,
@@ -367,13 +372,18 @@ impl ZoneBuilder {
             host_fn_names: self.functions.names(),
             seccomp: self.seccomp,
         };
-        match self.payload {
+        let kind = match &self.payload {
+            Some(Payload::Micro(_)) => "micro",
+            Some(Payload::Linux(_)) => "linux",
+            None => "none",
+        };
+        let result = match self.payload {
             None => Err(BuildError::NoPayload {
-                zone: settings.zone,
+                zone: settings.zone.clone(),
             }),
             Some(Payload::Micro(program)) => match self.attachments.first() {
                 Some(device) => Err(BuildError::DeviceNeedsLinux {
-                    zone: settings.zone,
+                    zone: settings.zone.clone(),
                     kind: device.kind(),
                 }),
                 None => micro::build(&settings, &program, self.functions),
@@ -381,6 +391,18 @@ impl ZoneBuilder {
             Some(Payload::Linux(boot)) => {
                 crate::linux::build(&settings, &boot, self.functions, self.attachments)
             }
+        };
+        let micros = started.elapsed().as_micros() as u64;
+        match &result {
+            Ok(_) => tracing::info!(
+                target: "zones::build", zone = %settings.zone, id, kind, vcpus, memory_mib, micros,
+                "zone built"
+            ),
+            Err(e) => tracing::warn!(
+                target: "zones::build", zone = %settings.zone, id, kind, error = %e,
+                "zone build failed"
+            ),
         }
+        result
     }
 }

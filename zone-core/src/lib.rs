@@ -35,6 +35,7 @@ pub mod seccomp;
 #[cfg(test)]
 mod testing;
 mod text;
+mod trace;
 mod vcpu;
 mod vmm;
 mod zone;
@@ -58,5 +59,6 @@ pub use metrics::{ExitCounts, HypercallCounts, ZoneMetrics};
 pub use micro::elf::ElfError;
 pub use micro::{GuestProgram, LayoutError, LoadError};
 pub use quarantine::{EVIDENCE_CONSOLE_TAIL, Evidence, MemoryDump, QuarantineOptions};
+pub use trace::dropped as tracing_dropped;
 pub use vcpu::kick::{KICK_SIGNAL_OFFSET, KickSetupError};
 pub use zone::{MemoryAccessError, Zone, ZoneHandle};

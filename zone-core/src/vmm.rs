@@ -125,7 +125,7 @@ impl Settings {
             name: self.zone.clone(),
             control: Control::new(self.vcpus, self.start_paused),
             metrics: Metrics::new(self.vcpus, self.host_fn_names.clone(), self.mem_size),
-            events: EventBus::new(),
+            events: EventBus::new(&self.zone, self.id),
             console: ConsoleBuffer::new(self.console_limit, self.console_sink.clone()),
             console_limit: self.console_limit,
             kickers: (0..self.vcpus).map(|_| Kicker::default()).collect(),

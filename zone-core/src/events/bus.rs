@@ -76,11 +76,14 @@ struct State {
 pub(crate) struct EventBus {
     state: Mutex<State>,
     dropped: AtomicU64,
+    /// The zone's name and id, for tracing.
+    zone: String,
+    id: u64,
 }
 
 impl EventBus {
-    /// A bus whose first subscription will see every event since now.
-    pub(crate) fn new() -> Arc<Self> {
+    /// A bus of zone `zone` (id `id`) whose first subscription will see every event since now.
+    pub(crate) fn new(zone: &str, id: u64) -> Arc<Self> {
         let first = Arc::new(Queue::default());
         Arc::new(Self {
             state: Mutex::new(State {
@@ -93,6 +96,8 @@ impl EventBus {
                 recent: VecDeque::with_capacity(RECENT_EVENTS),
             }),
             dropped: AtomicU64::new(0),
+            zone: zone.to_owned(),
+            id,
         })
     }
 
@@ -188,6 +193,7 @@ impl EventBus {
     }
 
     fn deliver(&self, st: &mut State, event: ZoneEvent) {
+        crate::trace::zone_event(&self.zone, self.id, &event);
         if st.recent.len() == RECENT_EVENTS {
             st.recent.pop_front();
         }
@@ -309,7 +315,7 @@ mod tests {
 
     #[test]
     fn first_subscriber_sees_history_later_ones_do_not() {
-        let bus = EventBus::new();
+        let bus = EventBus::new("test", 0);
         bus.emit(ZoneEvent::Paused);
         let first = bus.subscribe();
         let second = bus.subscribe();
@@ -320,7 +326,7 @@ mod tests {
 
     #[test]
     fn recent_events_keep_the_last_ones_without_a_subscriber() {
-        let bus = EventBus::new();
+        let bus = EventBus::new("test", 0);
         for _ in 0..RECENT_EVENTS {
             bus.emit(ZoneEvent::Paused);
         }
@@ -334,7 +340,7 @@ mod tests {
     /// that add up, and the zone's end is still seen.
     #[test]
     fn a_flood_is_coalesced_and_lifecycle_events_are_never_lost() {
-        let bus = EventBus::new();
+        let bus = EventBus::new("test", 0);
         let events = bus.subscribe();
         bus.emit(ZoneEvent::Paused);
         for n in 0..1_000_000 {
@@ -361,7 +367,7 @@ mod tests {
 
     #[test]
     fn a_full_queue_drops_guest_driven_events_only() {
-        let bus = EventBus::new();
+        let bus = EventBus::new("test", 0);
         let events = bus.subscribe();
         for i in 0..EVENT_QUEUE_CAPACITY + 5 {
             bus.emit(ZoneEvent::Denied(crate::Denial {
@@ -383,7 +389,7 @@ mod tests {
 
     #[test]
     fn closed_subscribers_are_removed_and_streams_end_with_the_bus() {
-        let bus = EventBus::new();
+        let bus = EventBus::new("test", 0);
         let first = bus.subscribe();
         let mut second = bus.subscribe();
         drop(first);
@@ -396,7 +402,7 @@ mod tests {
 
     #[test]
     fn coalesced_violations_arrive_within_a_second_on_their_own() {
-        let bus = EventBus::new();
+        let bus = EventBus::new("test", 0);
         let events = bus.subscribe();
         for n in 0..100 {
             bus.emit(refused(n));

@@ -135,6 +135,7 @@ impl<'a> VirtioBus<'a> {
             .map_err(LinuxError::Device)?;
         self.mmio
             .insert(base, layout::VIRTIO_MMIO_SIZE, Arc::new(transport))?;
+        crate::trace::device_attached(self.zone, name);
         self.described.push(MmioDevice {
             base,
             size: layout::VIRTIO_MMIO_SIZE,

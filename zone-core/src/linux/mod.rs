@@ -475,9 +475,11 @@ pub(crate) fn build(
     if s.mem_size < MIN_MEMORY_MIB << 20 {
         return Err(err(LinuxError::MemoryTooSmall(s.mem_size >> 20)));
     }
+    let mut phases = crate::trace::Phases::new(&s.zone);
     let mut attachments = devices::Attachments::name(attachments);
     let guest = attachments.prepare(&s.zone)?;
     let kernel_image = boot.kernel.read("kernel").map_err(err)?;
+    phases.done("kernel read");
     let rootfs = match &boot.rootfs {
         Some(r) => Some(
             r.prepare()
@@ -485,9 +487,11 @@ pub(crate) fn build(
         ),
         None => None,
     };
+    phases.done("root filesystem");
     let (initramfs, with_agent) = boot
         .initramfs(&guest.modules, rootfs.as_ref())
         .map_err(err)?;
+    phases.done("initramfs");
     let cmdline = boot.cmdline_with(&guest.cmdline);
     let rootfs_disks = rootfs
         .as_ref()
@@ -509,7 +513,9 @@ pub(crate) fn build(
         .create_irq_chip()
         .map_err(s.vm_err("KVM_CREATE_IRQCHIP"))?;
     let mem = s.memory(&vm, &layout::ram_regions(s.mem_size))?;
+    phases.done("VM and memory");
     let kernel = load(&mem, &kernel_image, &initramfs, &cmdline, s.mem_size).map_err(err)?;
+    phases.done("kernel and boot data loaded");
 
     let shared = s.shared(&mem);
     let pio = devices::legacy(&vm.fd, &shared).map_err(err)?;
@@ -534,10 +540,12 @@ pub(crate) fn build(
             .map_err(|e| err(e.into()))?;
     }
     let mmio = virtio.mmio;
+    phases.done("devices");
 
     let vcpus = s.vcpus(&vm, |fd, index| {
         cpu::configure_vcpu(fd, index, s.vcpus, kernel.entry, &vm.cpuid, boot.hide_xsave)
     })?;
+    phases.done("vCPUs");
     let exits = Arc::new(LinuxExits {
         pio,
         mmio,

@@ -164,13 +164,17 @@ pub(crate) fn build(
         },
     )?;
     program.check_args().map_err(load_err)?;
+    let mut phases = crate::trace::Phases::new(&s.zone);
     let vm = s.open_vm()?;
     let mem = s.memory(&vm, &[(0, s.mem_size)])?;
     crate::kvm::create_split_irqchip(&vm.fd).map_err(s.vm_err("KVM_ENABLE_CAP(SPLIT_IRQCHIP)"))?;
+    phases.done("VM and memory");
     let loaded = load(&mem, program, &plan, s.vcpus).map_err(load_err)?;
+    phases.done("program loaded");
     let vcpus = s.vcpus(&vm, |fd, index| {
         configure_vcpu(fd, index, &loaded, &plan, &vm.cpuid, vm.features)
     })?;
+    phases.done("vCPUs");
     let shared = s.shared(&mem);
     // Host functions run on threads of their own, unfiltered (they are the embedder's code),
     // unless the zone's threads are not filtered at all.

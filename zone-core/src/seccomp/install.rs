@@ -117,6 +117,8 @@ pub(crate) fn apply(f: ThreadFilter) -> Result<(), SeccompError> {
     if f.mode == Seccomp::Off {
         return Ok(());
     }
+    // From now on this thread's tracing records go through the forwarder.
+    crate::trace::mark_filtered();
     let kind = f.kind;
     let err = |source| SeccompError::Install {
         kind: kind.name(),
