@@ -13,6 +13,9 @@
 //! Criterion writes its reports under `$CRITERION_HOME` (lab/test sets it to /tmp in the lab,
 //! whose root file system is read-only).
 
+mod common;
+
+use common::{median, rss_kib};
 use criterion::Criterion;
 use std::io::{BufRead, BufReader};
 use std::process::{Command as Host, Stdio};
@@ -42,19 +45,6 @@ fn zone(boot: LinuxBoot) -> Zone {
 
 fn sh(script: &str) -> Command {
     Command::new("sh").arg("-c").arg(script)
-}
-
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
-    v[v.len() / 2]
-}
-
-fn rss_kib() -> u64 {
-    let s = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    s.lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
 }
 
 /// QEMU's microvm boot of the same kernel to an /init that prints READY, or None if QEMU or the

@@ -7,6 +7,9 @@
 //! - memory for 8 zones on one image: this process's RSS growth and the guest memory the zones
 //!   touched, per zone.
 
+mod common;
+
+use common::{median, rss_kib};
 use std::path::Path;
 use std::time::{Duration, Instant};
 use zones::prelude::*;
@@ -30,19 +33,6 @@ fn zone(boot: LinuxBoot, mib: u64) -> Zone {
         .linux(boot)
         .build()
         .expect("Linux zone")
-}
-
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
-    v[v.len() / 2]
-}
-
-fn rss_kib() -> u64 {
-    let s = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    s.lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
 }
 
 /// The last 30 lines of a console.

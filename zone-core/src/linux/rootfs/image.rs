@@ -153,26 +153,16 @@ pub(crate) fn mkfs_ext4(dir: &Path, manifest: &Manifest, out: &Path) -> Result<(
     let kib = bytes.div_ceil(1024);
     let tmp = out.with_extension(format!("tmp-{}-{}", std::process::id(), super::unique()));
     let _ = std::fs::remove_file(&tmp);
-    let result = Command::new("mke2fs")
-        .args(["-q", "-F", "-t", "ext4", "-b", "4096"])
+    let mut cmd = Command::new("mke2fs");
+    cmd.args(["-q", "-F", "-t", "ext4", "-b", "4096"])
         .args(["-O", "^has_journal,^metadata_csum"])
         .args(["-N", &inodes.to_string(), "-L", "zones-rootfs", "-d"])
         .arg(dir)
         .arg(&tmp)
-        .arg(format!("{kib}k"))
-        .stdin(std::process::Stdio::null())
-        .output();
-    let output = match result {
-        Ok(o) => o,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(MkfsError::Missing),
-        Err(e) => return Err(e.into()),
-    };
-    if !output.status.success() {
+        .arg(format!("{kib}k"));
+    if let Err(e) = run(cmd) {
         let _ = std::fs::remove_file(&tmp);
-        return Err(MkfsError::Failed {
-            status: output.status,
-            stderr: String::from_utf8_lossy(&output.stderr).trim().to_owned(),
-        });
+        return Err(e);
     }
     std::fs::rename(&tmp, out)?;
     Ok(())
@@ -183,21 +173,16 @@ pub(crate) fn mkfs_scratch(path: &Path, bytes: u64) -> Result<(), MkfsError> {
     let file = std::fs::File::create(path)?;
     file.set_len(bytes)?;
     drop(file);
-    let result = Command::new("mke2fs")
-        .args([
-            "-q",
-            "-F",
-            "-t",
-            "ext4",
-            "-O",
-            "^metadata_csum",
-            "-L",
-            "zones-scratch",
-        ])
-        .arg(path)
-        .stdin(std::process::Stdio::null())
-        .output();
-    match result {
+    let mut cmd = Command::new("mke2fs");
+    cmd.args(["-q", "-F", "-t", "ext4", "-O", "^metadata_csum"])
+        .args(["-L", "zones-scratch"])
+        .arg(path);
+    run(cmd)
+}
+
+/// Runs a `mke2fs` command to its end.
+fn run(mut cmd: Command) -> Result<(), MkfsError> {
+    match cmd.stdin(std::process::Stdio::null()).output() {
         Ok(o) if o.status.success() => Ok(()),
         Ok(o) => Err(MkfsError::Failed {
             status: o.status,
