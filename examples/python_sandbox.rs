@@ -12,13 +12,16 @@
 //! #   --limit BYTES  output kept per stream, default 64 KiB
 //! ```
 //!
+//! Images made from directories and OCI images are cached in `$ZONES_CACHE_DIR` (default
+//! `~/.cache/zones`).
+//!
 //! One of `--dir`, `--oci` or `--image` is required; the image is shared read-only and the
 //! snippet's writes stay in the zone. On a machine whose KVM cannot run a guest kernel, run it
 //! in the lab (`lab/images` builds the image the lab tests use):
 //!
 //! ```sh
 //! cargo build --release --example python_sandbox
-//! lab/run -- env ZONES_LAB=1 target/release/examples/python_sandbox \
+//! lab/run -- env ZONES_LAB=1 ZONES_CACHE_DIR=/tmp/zones-cache target/release/examples/python_sandbox \
 //!     --dir target/lab-images/debian-python 'import platform; print(platform.python_version())'
 //! ```
 
@@ -74,7 +77,7 @@ fn parse() -> Result<Options, String> {
     Ok(opts)
 }
 
-fn main() -> Result<(), Box<dyn std::error::Error>> {
+fn main() {
     let opts = match parse() {
         Ok(o) => o,
         Err(e) => {
@@ -82,6 +85,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             std::process::exit(2);
         }
     };
+    match run(opts) {
+        Ok(code) => std::process::exit(code),
+        Err(e) => {
+            eprintln!("python_sandbox: {e}");
+            std::process::exit(1);
+        }
+    }
+}
+
+/// Runs the snippet; returns its exit code.
+fn run(opts: Options) -> Result<i32, Box<dyn std::error::Error>> {
     let kernel = match &opts.kernel {
         Some(path) => LinuxBoot::new(path),
         None => LinuxBoot::host_kernel()?,
@@ -98,6 +112,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // The whole zone ends at this deadline whatever the snippet does.
         .deadline(opts.timeout + Duration::from_secs(120))
         .build()?;
+    // The snippet's timeout counts from when it starts, not from the kernel's boot.
+    zone.wait_ready(Duration::from_secs(300))?;
     let built = started.elapsed();
     let cmd = Command::new("python3")
         .arg("-c")
@@ -108,7 +124,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     print!("{}", String::from_utf8_lossy(&out.stdout));
     eprint!("{}", String::from_utf8_lossy(&out.stderr));
     eprintln!(
-        "python_sandbox: {} after {:?} (zone built in {built:?}){}",
+        "python_sandbox: {} after {:?} (agent ready after {built:?}){}",
         out.status,
         started.elapsed(),
         if out.truncated {
@@ -118,5 +134,5 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         },
     );
     eprintln!("{}", zone.metrics());
-    std::process::exit(out.status.code().unwrap_or(1));
+    Ok(out.status.code().unwrap_or(1))
 }
