@@ -5,7 +5,7 @@
 
 use super::{DATA, RODATA};
 
-/// `(target, name, bytes)` for hypercall_args, blk_request and vsock_packets.
+/// `(target, name, bytes)` for hypercall_args, blk_request, vsock_packets and oci_layer.
 pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
     let mut seeds = Vec::new();
     for (name, input) in hypercalls() {
@@ -214,6 +214,7 @@ mod tests {
                 "hypercall_args" => super::super::hypercall(&bytes),
                 "blk_request" => super::super::blk_request(&bytes),
                 "vsock_packets" => super::super::vsock(&bytes),
+                "oci_layer" => super::super::oci_layer(&bytes),
                 other => panic!("unknown target {other} ({name})"),
             }
         }
