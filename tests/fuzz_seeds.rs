@@ -39,6 +39,7 @@ fn every_seed_runs_through_its_target() {
             "net_queues" => zones::net::fuzzing::queues(&bytes),
             "dns_answer" => zones::net::fuzzing::dns_answer(&bytes),
             "oci_layer" => zones::fuzzing::oci_layer(&bytes),
+            "pci_config" => zones::fuzzing::pci_config(&bytes),
             other => panic!("no fuzz target {other} (seed {name})"),
         }
     }

@@ -51,6 +51,7 @@ mod attach;
 mod control;
 mod host;
 pub(crate) mod interrupt;
+pub mod pci;
 mod virtio;
 mod worker;
 

@@ -452,6 +452,121 @@ pub fn oci_layer(data: &[u8]) {
     assert_eq!(beside, ["root"], "a layer wrote beside its tree");
 }
 
+/// Arbitrary configuration-space and MSI-X table accesses from a guest, as 8-byte records
+/// `[kind, len, offset lo, offset hi, value (4 bytes LE)]` over a function with 64-bit, 32-bit
+/// and I/O BARs, an MSI-X capability and a vendor capability: nothing panics, read-only fields
+/// and the capability chain never change, BAR addresses stay aligned to their sizes.
+pub fn pci_config(data: &[u8]) {
+    use crate::device::pci::{
+        Bar, BarKind, ConfigChange, ConfigSpace, Header, MSIX_CAPABILITY_ID, Msix, reg,
+    };
+    let mut c = ConfigSpace::new(&Header {
+        vendor_id: 0x1234,
+        device_id: 0x11e8,
+        class: 0x00ff_0000,
+        interrupt_pin: 1,
+        ..Header::default()
+    });
+    let bars = [
+        (
+            0,
+            Bar {
+                kind: BarKind::Memory64 {
+                    prefetchable: false,
+                },
+                size: 0x4000,
+            },
+        ),
+        (
+            2,
+            Bar {
+                kind: BarKind::Memory64 { prefetchable: true },
+                size: 16 << 30,
+            },
+        ),
+        (
+            4,
+            Bar {
+                kind: BarKind::Memory32 {
+                    prefetchable: false,
+                },
+                size: 0x1000,
+            },
+        ),
+        (
+            5,
+            Bar {
+                kind: BarKind::Io,
+                size: 0x20,
+            },
+        ),
+    ];
+    for (i, bar) in bars {
+        if c.add_bar(i, bar).is_err() {
+            return;
+        }
+    }
+    let Ok(mut msix) = Msix::new(33) else { return };
+    let Ok((body, mask)) = msix.capability((0, 0x2000), (0, 0x3000)) else {
+        return;
+    };
+    let (Ok(msix_at), Ok(_)) = (
+        c.add_capability(MSIX_CAPABILITY_ID, &body, &mask),
+        c.add_capability(0x09, &[1, 2, 3, 4], &[0xff, 0, 0, 0]),
+    ) else {
+        return;
+    };
+    let chain: Vec<_> = c.capabilities().collect();
+    let fixed = [
+        (reg::VENDOR_ID, 4),
+        (reg::REVISION, 4),
+        (reg::CAPABILITIES, 1),
+    ];
+    let before: Vec<u32> = fixed.iter().map(|&(o, l)| c.read(o, l)).collect();
+    for record in data.chunks_exact(8) {
+        let len = [1, 2, 4, 8, 3][usize::from(record[1] % 5)];
+        let offset = u16::from_le_bytes([record[2], record[3]]);
+        let value = u32::from_le_bytes([record[4], record[5], record[6], record[7]]);
+        match record[0] % 5 {
+            0 => {
+                let _ = c.read(offset, len);
+            }
+            1 => {
+                if let Some(ConfigChange::Capability { capability, .. }) =
+                    c.write(offset, len, value)
+                    && capability == msix_at
+                {
+                    let control = c.read(msix_at + 2, 2) as u16;
+                    let _ = msix.set_control(control);
+                }
+            }
+            2 => {
+                let bytes = u64::from(value).to_le_bytes();
+                let _ = msix.write_table(u64::from(offset), &bytes[..len.min(8)]);
+            }
+            3 => {
+                let mut out = [0u8; 8];
+                msix.read_table(u64::from(offset), &mut out[..len.min(8)]);
+                msix.read_pba(u64::from(offset), &mut out[..len.min(8)]);
+            }
+            _ => {
+                let _ = msix.trigger(offset % 40);
+            }
+        }
+    }
+    let after: Vec<u32> = fixed.iter().map(|&(o, l)| c.read(o, l)).collect();
+    assert_eq!(before, after, "read-only header fields changed");
+    assert_eq!(chain, c.capabilities().collect::<Vec<_>>());
+    for (i, bar) in bars {
+        let address = c.bar_address(i).unwrap_or(0);
+        assert_eq!(
+            address & (bar.size - 1),
+            0,
+            "BAR {i} misaligned: {address:#x}"
+        );
+    }
+}
+
 #[cfg(test)]
 mod tests {
     /// A scripted vsock session: open a stream, the guest answers, data both ways, drains.

@@ -18,7 +18,65 @@ pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
     for (name, input) in layers() {
         seeds.push(("oci_layer", name.to_string(), input));
     }
+    for (name, input) in pci_accesses() {
+        seeds.push(("pci_config", name.to_string(), input));
+    }
     seeds
+}
+
+/// Configuration accesses as Linux's PCI core and its MSI-X code make them: enumeration
+/// (vendor, class, header), BAR sizing (write all ones, read, restore), the capability walk,
+/// enabling memory and bus mastering, and MSI-X set-up (mask all, program entries, unmask,
+/// enable), in [`super::pci_config`]'s record format.
+fn pci_accesses() -> Vec<(&'static str, Vec<u8>)> {
+    // kind: 0 read, 1 write, 2 table write, 3 table/PBA read, 4 trigger; len index: 0=1 1=2 2=4 3=8.
+    let rec = |kind: u8, len: u8, offset: u16, value: u32| {
+        let mut r = vec![kind, len];
+        r.extend_from_slice(&offset.to_le_bytes());
+        r.extend_from_slice(&value.to_le_bytes());
+        r
+    };
+    let mut enumerate = Vec::new();
+    for (offset, len) in [
+        (0u16, 2u8),
+        (0, 1),
+        (8, 2),
+        (0x0e, 0),
+        (0x2c, 2),
+        (0x34, 0),
+        (0x3d, 0),
+    ] {
+        enumerate.extend(rec(0, len, offset, 0));
+    }
+    let mut sizing = Vec::new();
+    for bar in 0..6u16 {
+        let at = 0x10 + 4 * bar;
+        sizing.extend(rec(0, 2, at, 0));
+        sizing.extend(rec(1, 2, at, u32::MAX));
+        sizing.extend(rec(0, 2, at, 0));
+        sizing.extend(rec(1, 2, at, 0xfe00_0000 + u32::from(bar) * 0x10_0000));
+    }
+    sizing.extend(rec(1, 1, 4, 0x0006));
+    let mut msix = Vec::new();
+    msix.extend(rec(0, 0, 0x34, 0));
+    msix.extend(rec(0, 1, 0x40, 0));
+    msix.extend(rec(1, 1, 0x42, 0xc000));
+    for vector in 0..4u16 {
+        let at = vector * 16;
+        msix.extend(rec(2, 2, at, 0xfee0_0000));
+        msix.extend(rec(2, 2, at + 4, 0));
+        msix.extend(rec(2, 2, at + 8, 0x40 + u32::from(vector)));
+        msix.extend(rec(4, 0, vector, 0));
+        msix.extend(rec(2, 2, at + 12, 0));
+    }
+    msix.extend(rec(1, 1, 0x42, 0x8000));
+    msix.extend(rec(3, 3, 0x1000, 0));
+    msix.extend(rec(4, 0, 1, 0));
+    vec![
+        ("enumerate", enumerate),
+        ("bar-sizing", sizing),
+        ("msix-setup", msix),
+    ]
 }
 
 /// Image layers as image builders write them: files, directories, symbolic and hard links,
@@ -215,6 +273,7 @@ mod tests {
                 "blk_request" => super::super::blk_request(&bytes),
                 "vsock_packets" => super::super::vsock(&bytes),
                 "oci_layer" => super::super::oci_layer(&bytes),
+                "pci_config" => super::super::pci_config(&bytes),
                 other => panic!("unknown target {other} ({name})"),
             }
         }
