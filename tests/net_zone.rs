@@ -229,6 +229,7 @@ fn ten_thousand_syns_leave_host_fds_and_flows_bounded() {
         .expect("agent ready");
     let fds_before = netlab::open_fds();
     let denials = netlab::Collector::start(zone.events());
+    let flood_started = Instant::now();
     let out = probe(&zone, &["synflood", "203.0.113.99", "20000", "10000"]);
     assert!(out.starts_with("sent 10000"), "{out}");
     let m = zone.net_metrics().unwrap();
@@ -246,14 +247,19 @@ fn ten_thousand_syns_leave_host_fds_and_flows_bounded() {
         fds <= fds_before + 64 + 8,
         "{fds} fds open, {fds_before} before the flood"
     );
-    // Denials beyond the event budget are aggregated; their counts add up.
+    // Denials beyond the event budget are aggregated; their counts add up. The number of
+    // events follows zone-net's budget over the flood's duration (a burst of 32, then 8 a
+    // second, plus one aggregate a second for this single destination), not the number of
+    // denials: a slower flood (the lab's emulation) may see more events, never more than that.
     let seen = denials.finish();
+    let secs = flood_started.elapsed().as_secs() + 2;
     let denied: u64 = seen.iter().map(|d| d.count).sum();
     let m = zone.net_metrics().unwrap();
     assert_eq!(denied, m.dropped_flow_limit);
+    let budget = 32 + 9 * secs;
     assert!(
-        seen.len() as u64 <= m.dropped_flow_limit / 10,
-        "{} events for {} denials",
+        (seen.len() as u64) <= budget && (seen.len() as u64) < m.dropped_flow_limit / 2,
+        "{} events for {} denials in {secs} s (budget {budget})",
         seen.len(),
         m.dropped_flow_limit
     );
