@@ -428,12 +428,10 @@ fn rest_len_hint(op: u8) -> usize {
 /// never panic, and nothing may appear beside the tree it unpacks into.
 pub fn oci_layer(data: &[u8]) {
     use crate::linux::rootfs::layer::{Budget, apply};
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static NEXT: AtomicU64 = AtomicU64::new(0);
     let outer = std::env::temp_dir().join(format!(
         "zones-fuzz-layer-{}-{}",
         std::process::id(),
-        NEXT.fetch_add(1, Ordering::Relaxed)
+        crate::linux::rootfs::unique()
     ));
     let root = outer.join("root");
     if std::fs::create_dir_all(&root).is_err() {

@@ -62,7 +62,7 @@ pub(crate) struct Budget {
 pub(crate) fn apply(root: &Path, layer: impl Read, budget: &mut Budget) -> Result<(), LayerError> {
     let mut archive = tar::Archive::new(layer);
     let mut created: HashSet<PathBuf> = HashSet::new();
-    let as_root = rustix_euid_is_root();
+    let as_root = euid_is_root();
     for entry in archive.entries().map_err(LayerError::Tar)? {
         let mut entry = entry.map_err(LayerError::Tar)?;
         let raw = entry.path().map_err(LayerError::Tar)?.into_owned();
@@ -132,23 +132,11 @@ pub(crate) fn apply(root: &Path, layer: impl Read, budget: &mut Budget) -> Resul
             let mut file = std::fs::File::create(&target).map_err(write)?;
             std::io::copy(&mut (&mut entry).take(size), &mut file).map_err(write)?;
         } else if kind.is_symlink() {
-            let link = entry
-                .link_name()
-                .map_err(LayerError::Tar)?
-                .ok_or(LayerError::Path {
-                    path: shown.clone(),
-                    reason: "a symbolic link without a target",
-                })?;
+            let link = link_target(&entry, &shown, "a symbolic link without a target")?;
             remove(&target).map_err(write)?;
             std::os::unix::fs::symlink(&*link, &target).map_err(write)?;
         } else if kind.is_hard_link() {
-            let link = entry
-                .link_name()
-                .map_err(LayerError::Tar)?
-                .ok_or(LayerError::Path {
-                    path: shown.clone(),
-                    reason: "a hard link without a target",
-                })?;
+            let link = link_target(&entry, &shown, "a hard link without a target")?;
             let link_rel = relative(&link).ok_or(LayerError::Path {
                 path: shown.clone(),
                 reason: "a hard link that leaves the image",
@@ -183,8 +171,24 @@ pub(crate) fn apply(root: &Path, layer: impl Read, budget: &mut Budget) -> Resul
     Ok(())
 }
 
+/// The target a link entry names (`missing` is the error's reason when it names none).
+fn link_target<R: Read>(
+    entry: &tar::Entry<'_, R>,
+    shown: &str,
+    missing: &'static str,
+) -> Result<PathBuf, LayerError> {
+    entry
+        .link_name()
+        .map_err(LayerError::Tar)?
+        .map(|l| l.into_owned())
+        .ok_or(LayerError::Path {
+            path: shown.to_owned(),
+            reason: missing,
+        })
+}
+
 /// Whether this process runs as root (and may keep the layer's ownership).
-fn rustix_euid_is_root() -> bool {
+fn euid_is_root() -> bool {
     // SAFETY: geteuid has no preconditions and cannot fail.
     unsafe { libc::geteuid() == 0 }
 }

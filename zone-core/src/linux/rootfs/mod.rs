@@ -334,7 +334,7 @@ impl Rootfs {
 }
 
 /// A counter making scratch names unique within the process.
-fn unique() -> u64 {
+pub(crate) fn unique() -> u64 {
     static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
