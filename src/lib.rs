@@ -35,4 +35,8 @@ pub mod prelude {
         ZoneMetrics, ZoneState,
     };
     pub use zone_net::{Net, NetBuilderExt, NetControl, NetPolicy};
+
+    /// The async face (feature `tokio`).
+    #[cfg(feature = "tokio")]
+    pub use zone_core::aio::{AsyncEvents, AsyncProcess, ProcessStdin};
 }

@@ -73,6 +73,8 @@ struct State {
     /// that pauses its own zone): neither runs guest code.
     parked: u32,
     finished: u32,
+    /// Tasks waiting for the zone's end ([`Control::poll_wait`]).
+    end_wakers: crate::wakers::Wakers,
 }
 
 /// What a vCPU should do at a checkpoint.
@@ -101,6 +103,7 @@ impl Control {
                 vcpus,
                 parked: 0,
                 finished: 0,
+                end_wakers: Default::default(),
             }),
             cv: Condvar::new(),
         }
@@ -143,7 +146,14 @@ impl Control {
             let exit = st.exit.get_or_insert(ZoneExit::Exited(0));
             on_end(exit);
         }
+        let wakers = if last {
+            st.end_wakers.take()
+        } else {
+            Default::default()
+        };
+        drop(st);
         self.cv.notify_all();
+        wakers.wake();
         last
     }
 
@@ -261,6 +271,20 @@ impl Control {
                 }
             };
         }
+    }
+
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
+    /// [`Control::wait`] for a task: ready with the exit once every vCPU has finished;
+    /// otherwise the task is woken when the last one does.
+    pub(crate) fn poll_wait(&self, cx: &std::task::Context<'_>) -> std::task::Poll<ZoneExit> {
+        let mut st = self.lock();
+        if st.finished == st.vcpus
+            && let Some(exit) = &st.exit
+        {
+            return std::task::Poll::Ready(exit.clone());
+        }
+        st.end_wakers.register(cx);
+        std::task::Poll::Pending
     }
 
     pub(crate) fn state(&self) -> ZoneState {

@@ -16,12 +16,42 @@ pub const DEFAULT_READY_TIMEOUT: Duration = Duration::from_secs(120);
 /// Default cap on captured stdout and on captured stderr, each.
 pub const DEFAULT_OUTPUT_LIMIT: usize = 256 << 20;
 /// Longest wait that stands for "no deadline".
-const FOREVER: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+pub(crate) const FOREVER: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 /// Once the agent has answered, how long a new connection (and the command's start) may take
 /// before the agent counts as lost: a healthy agent answers in milliseconds.
 pub const AGENT_ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long after a command's timeout the agent has to report that it killed it.
 const TIMEOUT_GRACE: Duration = Duration::from_secs(5);
+/// A connection attempt made before the guest's vsock driver is up waits in the device until it
+/// is; after that, each refused attempt is one round trip through the guest, so retrying often is
+/// cheap, and a short cap keeps the wait after the agent starts listening short (it averages half
+/// the cap).
+pub(crate) const FIRST_RETRY_PAUSE: Duration = Duration::from_millis(2);
+/// See [`FIRST_RETRY_PAUSE`].
+pub(crate) const MAX_RETRY_PAUSE: Duration = Duration::from_millis(10);
+/// How long a caller that found the zone's channel closed waits for the zone's exit to report.
+pub(crate) const STOP_REPORT_WAIT: Duration = Duration::from_secs(5);
+
+/// How to reach a zone's agent ([`ZoneHandle::agent_plan`]).
+pub(crate) struct AgentPlan {
+    pub(crate) backend: std::sync::Arc<Backend>,
+    started: Instant,
+    seen: bool,
+    /// Give up after this.
+    pub(crate) deadline: Instant,
+}
+
+/// What one connection attempt to the agent means.
+pub(crate) enum Attempt {
+    /// It answered.
+    Connected(Stream),
+    /// Not listening (yet): try again after a pause.
+    Retry,
+    /// The zone stopped: report its exit.
+    Stopped,
+    /// Give up with this error.
+    Failed(ExecError),
+}
 
 /// A command to run in a Linux zone, in the style of `std::process::Command`.
 #[derive(Clone, Debug)]
@@ -31,8 +61,8 @@ pub struct Command {
     cwd: Vec<u8>,
     clear_env: bool,
     timeout: Option<Duration>,
-    stdin: Option<Vec<u8>>,
-    output_limit: usize,
+    pub(crate) stdin: Option<Vec<u8>>,
+    pub(crate) output_limit: usize,
 }
 
 impl Command {
@@ -108,11 +138,11 @@ impl Command {
 
     /// When the whole call must be over: the command's timeout (with a grace for the agent to
     /// report the kill), counted from `start`.
-    fn deadline(&self, start: Instant) -> Option<Instant> {
+    pub(crate) fn deadline(&self, start: Instant) -> Option<Instant> {
         self.timeout.map(|t| start + t + TIMEOUT_GRACE)
     }
 
-    fn request(&self, stdin: bool) -> ExecRequest {
+    pub(crate) fn request(&self, stdin: bool) -> ExecRequest {
         ExecRequest {
             argv: self.argv.clone(),
             env: self.env.clone(),
@@ -275,7 +305,7 @@ struct Io<'a> {
     deadline: Instant,
 }
 
-fn to_io(e: VsockError) -> io::Error {
+pub(crate) fn to_io(e: VsockError) -> io::Error {
     let kind = if e == VsockError::TimedOut {
         io::ErrorKind::TimedOut
     } else {
@@ -382,12 +412,20 @@ fn read_event(
     zone: &ZoneHandle,
     deadline: Instant,
 ) -> Result<ProcessEvent, ExecError> {
+    let mut io = Io { stream, deadline };
+    let frame = proto::read_frame(&mut io).map_err(|e| lost(zone, e))?;
+    decode_event(zone, frame)
+}
+
+/// The event a frame from the agent stands for (`None`: the agent closed the connection).
+pub(crate) fn decode_event(
+    zone: &ZoneHandle,
+    frame: Option<(u8, Vec<u8>)>,
+) -> Result<ProcessEvent, ExecError> {
     let protocol = |detail: String| ExecError::Protocol {
         zone: zone.name().to_string(),
         detail,
     };
-    let mut io = Io { stream, deadline };
-    let frame = proto::read_frame(&mut io).map_err(|e| lost(zone, e))?;
     let Some((k, payload)) = frame else {
         let eof = io::Error::new(
             io::ErrorKind::UnexpectedEof,
@@ -410,6 +448,27 @@ fn read_event(
     }
 }
 
+impl Output {
+    /// Adds `event` to the output, keeping at most `limit` bytes of each stream. Returns
+    /// whether the command has ended.
+    pub(crate) fn push(&mut self, event: ProcessEvent, limit: usize) -> bool {
+        let keep = |buf: &mut Vec<u8>, data: Vec<u8>, truncated: &mut bool| {
+            let room = limit.saturating_sub(buf.len());
+            *truncated |= data.len() > room;
+            buf.extend_from_slice(&data[..data.len().min(room)]);
+        };
+        match event {
+            ProcessEvent::Stdout(d) => keep(&mut self.stdout, d, &mut self.truncated),
+            ProcessEvent::Stderr(d) => keep(&mut self.stderr, d, &mut self.truncated),
+            ProcessEvent::Exited(status) => {
+                self.status = status;
+                return true;
+            }
+        }
+        false
+    }
+}
+
 /// Reads events until the command exits (by `deadline`), keeping at most `limit` bytes of each
 /// stream.
 fn collect(
@@ -419,21 +478,8 @@ fn collect(
     deadline: Instant,
 ) -> Result<Output, ExecError> {
     let mut out = Output::default();
-    let keep = |buf: &mut Vec<u8>, data: Vec<u8>, truncated: &mut bool| {
-        let room = limit.saturating_sub(buf.len());
-        *truncated |= data.len() > room;
-        buf.extend_from_slice(&data[..data.len().min(room)]);
-    };
-    loop {
-        match read_event(stream, zone, deadline)? {
-            ProcessEvent::Stdout(d) => keep(&mut out.stdout, d, &mut out.truncated),
-            ProcessEvent::Stderr(d) => keep(&mut out.stderr, d, &mut out.truncated),
-            ProcessEvent::Exited(status) => {
-                out.status = status;
-                return Ok(out);
-            }
-        }
-    }
+    while !out.push(read_event(stream, zone, deadline)?, limit) {}
+    Ok(out)
 }
 
 /// Sends `input` as stdin frames, then end of input, by `deadline`.
@@ -446,7 +492,7 @@ fn feed(stream: &Stream, input: &[u8], deadline: Instant) -> io::Result<()> {
 }
 
 /// The error for a broken connection: the zone's exit if it stopped, else a lost agent.
-fn lost(zone: &ZoneHandle, e: io::Error) -> ExecError {
+pub(crate) fn lost(zone: &ZoneHandle, e: io::Error) -> ExecError {
     match zone.ended_exit() {
         Some(exit) => ExecError::ZoneStopped {
             zone: zone.name().to_string(),
@@ -460,60 +506,84 @@ fn lost(zone: &ZoneHandle, e: io::Error) -> ExecError {
 }
 
 impl ZoneHandle {
-    /// A connection to the agent. Before the agent has ever answered, waits up to `ready` for
-    /// the guest to boot; once it has, a connection it does not answer within
-    /// [`AGENT_ANSWER_TIMEOUT`] means the agent is lost. Never waits past `deadline`.
-    fn agent_stream(&self, ready: Duration, deadline: Instant) -> Result<Stream, ExecError> {
-        let zone = || self.name().to_string();
+    /// The plan for reaching the agent: its device, whether it answered before, and until when
+    /// to try. Before the agent has ever answered, the wait is `ready` (the guest may still be
+    /// booting); once it has, a connection it does not answer within [`AGENT_ANSWER_TIMEOUT`]
+    /// means the agent is lost. Never past `deadline`.
+    pub(crate) fn agent_plan(
+        &self,
+        ready: Duration,
+        deadline: Instant,
+    ) -> Result<AgentPlan, ExecError> {
         let backend = self
             .shared
             .devices
             .find::<Backend>()
-            .ok_or_else(|| ExecError::NoAgent { zone: zone() })?;
+            .ok_or_else(|| ExecError::NoAgent {
+                zone: self.name().to_string(),
+            })?;
         let started = Instant::now();
         let seen = backend.agent_seen();
         let bound = if seen { AGENT_ANSWER_TIMEOUT } else { ready };
-        let deadline = deadline.min(started + bound);
-        // A connection attempt made before the guest's vsock driver is up waits in the device
-        // until it is; after that, each refused attempt is one round trip through the guest, so
-        // retrying often is cheap, and a short cap keeps the wait after the agent starts
-        // listening short (it averages half the cap).
-        let mut pause = Duration::from_millis(2);
+        Ok(AgentPlan {
+            backend,
+            started,
+            seen,
+            deadline: deadline.min(started + bound),
+        })
+    }
+
+    /// What one connection attempt means (see [`Attempt`]).
+    pub(crate) fn judge(&self, plan: &AgentPlan, result: Result<Stream, VsockError>) -> Attempt {
+        let zone = || self.name().to_string();
+        match result {
+            Ok(stream) => {
+                plan.backend.mark_agent_seen();
+                Attempt::Connected(stream)
+            }
+            // Not listening yet (still booting), or restarting: try again shortly.
+            Err(VsockError::Refused | VsockError::Reset) if Instant::now() < plan.deadline => {
+                Attempt::Retry
+            }
+            Err(VsockError::Closed(_)) => Attempt::Stopped,
+            Err(_) if plan.seen => Attempt::Failed(ExecError::AgentLost {
+                zone: zone(),
+                detail: format!(
+                    "the agent answered before but not a new connection within {:?}",
+                    plan.started.elapsed()
+                ),
+            }),
+            Err(_) => Attempt::Failed(ExecError::AgentNotReady {
+                zone: zone(),
+                waited: plan.started.elapsed(),
+            }),
+        }
+    }
+
+    /// A connection to the agent, following [`ZoneHandle::agent_plan`].
+    fn agent_stream(&self, ready: Duration, deadline: Instant) -> Result<Stream, ExecError> {
+        let plan = self.agent_plan(ready, deadline)?;
+        let mut pause = FIRST_RETRY_PAUSE;
         loop {
             if let Some(exit) = self.ended_exit() {
-                return Err(ExecError::ZoneStopped { zone: zone(), exit });
+                let zone = self.name().to_string();
+                return Err(ExecError::ZoneStopped { zone, exit });
             }
-            match backend.connect(proto::AGENT_PORT, deadline) {
-                Ok(stream) => {
-                    backend.mark_agent_seen();
-                    return Ok(stream);
-                }
-                // Not listening yet (still booting), or restarting: try again shortly.
-                Err(VsockError::Refused | VsockError::Reset) if Instant::now() < deadline => {
+            let result = plan.backend.connect(proto::AGENT_PORT, plan.deadline);
+            match self.judge(&plan, result) {
+                Attempt::Connected(stream) => return Ok(stream),
+                Attempt::Retry => {
                     std::thread::sleep(pause);
-                    pause = (pause * 2).min(Duration::from_millis(10));
+                    pause = (pause * 2).min(MAX_RETRY_PAUSE);
                 }
-                Err(VsockError::Closed(_)) => {
+                Attempt::Stopped => {
                     let exit = self
-                        .wait_timeout(Duration::from_secs(5))
+                        .wait_timeout(STOP_REPORT_WAIT)
                         .unwrap_or(ZoneExit::Killed);
-                    return Err(ExecError::ZoneStopped { zone: zone(), exit });
+                    let zone = self.name().to_string();
+                    return Err(ExecError::ZoneStopped { zone, exit });
                 }
-                Err(_) if seen => {
-                    return Err(ExecError::AgentLost {
-                        zone: zone(),
-                        detail: format!(
-                            "the agent answered before but not a new connection within {:?}",
-                            started.elapsed()
-                        ),
-                    });
-                }
-                Err(_) => {
-                    return Err(ExecError::AgentNotReady {
-                        zone: zone(),
-                        waited: started.elapsed(),
-                    });
-                }
+                Attempt::Failed(e) => return Err(e),
             }
         }
     }

@@ -12,6 +12,8 @@
 //! vCPU threads are stopped with the real-time signal `SIGRTMIN + 2`
 //! ([`KICK_SIGNAL_OFFSET`]). The embedding process must not install its own handler for it.
 
+#[cfg(feature = "tokio")]
+pub mod aio;
 mod builder;
 mod console;
 mod control;
@@ -38,6 +40,7 @@ mod text;
 mod trace;
 mod vcpu;
 mod vmm;
+mod wakers;
 mod zone;
 
 pub use builder::{BuildError, DEFAULT_MEMORY_MIB, ZoneBuilder};

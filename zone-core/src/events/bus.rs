@@ -17,13 +17,15 @@ const VIOLATION_BURST: f64 = 64.0;
 const VIOLATIONS_PER_SEC: f64 = 16.0;
 /// Coalesced violations are delivered at most this long after the first of them (or at once
 /// when a lifecycle event, such as the zone's end, comes first).
-const COALESCE_FOR: Duration = Duration::from_secs(1);
+pub(crate) const COALESCE_FOR: Duration = Duration::from_secs(1);
 
 /// The events of one subscriber, and how many of them are guest-driven.
 #[derive(Debug, Default)]
 struct Inner {
     events: VecDeque<ZoneEvent>,
     guest_driven: usize,
+    /// Tasks waiting for an event (async subscribers).
+    wakers: crate::wakers::Wakers,
 }
 
 impl Inner {
@@ -215,7 +217,10 @@ impl EventBus {
                 self.dropped.fetch_add(1, Ordering::Relaxed);
                 continue;
             }
+            let wakers = inner.wakers.take();
+            drop(inner);
             q.cv.notify_all();
+            wakers.wake();
         }
     }
 
@@ -229,8 +234,9 @@ impl Drop for EventBus {
         let st = self.state.get_mut().unwrap_or_else(|e| e.into_inner());
         for q in &st.subscribers {
             q.closed.store(true, Ordering::SeqCst);
-            let _guard = q.lock();
+            let wakers = q.lock().wakers.take();
             q.cv.notify_all();
+            wakers.wake();
         }
     }
 }
@@ -278,6 +284,27 @@ impl EventStream {
                 .wait_timeout(events, wait)
                 .unwrap_or_else(|e| e.into_inner());
         }
+    }
+
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
+    /// The next event for a task: `Ready(Some)` with an event, `Ready(None)` once the zone is
+    /// gone and the queue is empty, else `Pending` with the task woken by the next event.
+    /// Coalesced violations are let through when polled after [`COALESCE_FOR`]: an async caller
+    /// also polls at least that often (see `aio`).
+    pub(crate) fn poll_event(
+        &self,
+        cx: &std::task::Context<'_>,
+    ) -> std::task::Poll<Option<ZoneEvent>> {
+        self.poll_bus();
+        let mut inner = self.queue.lock();
+        if let Some(e) = inner.pop() {
+            return std::task::Poll::Ready(Some(e));
+        }
+        if self.queue.closed.load(Ordering::SeqCst) {
+            return std::task::Poll::Ready(None);
+        }
+        inner.wakers.register(cx);
+        std::task::Poll::Pending
     }
 
     /// Every event queued now.

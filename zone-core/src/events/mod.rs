@@ -9,6 +9,8 @@
 
 mod bus;
 
+#[cfg(feature = "tokio")]
+pub(crate) use bus::COALESCE_FOR;
 pub(crate) use bus::EventBus;
 pub use bus::{EVENT_QUEUE_CAPACITY, EventStream};
 

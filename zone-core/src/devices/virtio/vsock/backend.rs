@@ -7,8 +7,10 @@
 //! buffers by the granted credit, send buffers by [`SEND_BUFFER`].
 
 use super::packet::{HOST_CID, Header, MAX_PAYLOAD, Op, SHUTDOWN_RCV, SHUTDOWN_SEND};
+use crate::wakers::Wakers;
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::task::{Context, Poll};
 use std::time::Instant;
 use vmm_sys_util::eventfd::EventFd;
 
@@ -16,6 +18,9 @@ use vmm_sys_util::eventfd::EventFd;
 pub(crate) const RECV_BUFFER: u32 = 256 << 10;
 /// Host bytes queued for the guest per connection before `write` waits.
 pub(crate) const SEND_BUFFER: usize = 1 << 20;
+#[cfg_attr(not(feature = "tokio"), allow(dead_code))]
+/// Largest control frame [`Stream::queue_control`] queues over a full send buffer.
+pub(crate) const CONTROL_FRAME_MAX: usize = 16;
 /// Most connections at once.
 pub(crate) const MAX_CONNECTIONS: usize = 1024;
 const FIRST_HOST_PORT: u32 = 49152;
@@ -70,6 +75,8 @@ struct Conn {
     shutdown_sent: bool,
     need_rst: bool,
     host_gone: bool,
+    /// Tasks waiting on this connection (async streams), woken with the condition variable.
+    wakers: Wakers,
 }
 
 impl Conn {
@@ -91,6 +98,30 @@ impl Conn {
     /// Finished on both sides: can be forgotten.
     fn finished(&self) -> bool {
         self.host_gone && !self.need_rst
+    }
+
+    /// A read would not wait: bytes, the guest's end of stream, or the connection's end.
+    fn readable(&self) -> bool {
+        !self.recv.is_empty() || self.peer_done || self.state != ConnState::Connected
+    }
+}
+
+impl State {
+    /// Takes the tasks waiting on every connection.
+    fn take_all_wakers(&mut self) -> Wakers {
+        let mut all = Wakers::default();
+        for conn in self.conns.values_mut() {
+            all.append(conn.wakers.take());
+        }
+        all
+    }
+
+    /// Takes the tasks waiting on connection `port`.
+    fn take_wakers(&mut self, port: u32) -> Wakers {
+        self.conns
+            .get_mut(&port)
+            .map(|c| c.wakers.take())
+            .unwrap_or_default()
     }
 }
 
@@ -156,8 +187,10 @@ impl Backend {
             conn.need_rst = false;
         }
         st.orphans.clear();
+        let wakers = st.take_all_wakers();
         drop(st);
         self.cv.notify_all();
+        wakers.wake();
     }
 
     /// The eventfd the device worker waits on for host-side news.
@@ -175,8 +208,12 @@ impl Backend {
 
     /// Fails every stream from now on (the zone stopped).
     pub(crate) fn close_all(&self, reason: &str) {
-        self.lock().closed = Some(reason.to_string());
+        let mut st = self.lock();
+        st.closed = Some(reason.to_string());
+        let wakers = st.take_all_wakers();
+        drop(st);
         self.cv.notify_all();
+        wakers.wake();
     }
 }
 
@@ -242,6 +279,7 @@ impl Backend {
                 shutdown_sent: false,
                 need_rst: false,
                 host_gone: false,
+                wakers: Wakers::default(),
             },
         );
         drop(st);
@@ -287,8 +325,10 @@ impl Backend {
         }
         let mut st = self.lock();
         let wake = self.apply(&mut st, hdr, payload);
+        let wakers = st.take_wakers(hdr.dst_port);
         drop(st);
         self.cv.notify_all();
+        wakers.wake();
         if wake {
             self.wake_worker();
         }
@@ -423,11 +463,13 @@ impl Backend {
         }
         conn.need_credit = false;
         conn.fwd_cnt_sent = conn.fwd_cnt;
+        let wakers = conn.wakers.take();
         if conn.finished() {
             st.conns.remove(&port);
         }
         drop(st);
         self.cv.notify_all();
+        wakers.wake();
         Some((hdr, payload))
     }
 }
@@ -441,12 +483,41 @@ pub(crate) struct Stream {
 impl Stream {
     /// Reads at least one byte (or 0 at end of stream) before `deadline`.
     pub(crate) fn read(&self, buf: &mut [u8], deadline: Instant) -> Result<usize, VsockError> {
-        let b = &self.backend;
-        let mut st = b.wait(deadline, |st| {
-            st.conns.get(&self.port).is_none_or(|c| {
-                !c.recv.is_empty() || c.peer_done || c.state != ConnState::Connected
-            })
+        let st = self.backend.wait(deadline, |st| {
+            st.conns.get(&self.port).is_none_or(Conn::readable)
         })?;
+        self.take_read(st, buf)
+    }
+
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
+    /// [`Stream::read`] for a task: ready when a read would not wait; otherwise the task is
+    /// woken when the connection changes.
+    pub(crate) fn poll_read(
+        &self,
+        cx: &Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<Result<usize, VsockError>> {
+        let mut st = self.backend.lock();
+        let closed = st.closed.clone();
+        match st.conns.get_mut(&self.port) {
+            Some(conn) if !conn.readable() => match closed {
+                Some(reason) => Poll::Ready(Err(VsockError::Closed(reason))),
+                None => {
+                    conn.wakers.register(cx);
+                    Poll::Pending
+                }
+            },
+            _ => Poll::Ready(self.take_read(st, buf)),
+        }
+    }
+
+    /// Moves buffered guest bytes into `buf` once a read would not wait.
+    fn take_read(
+        &self,
+        mut st: MutexGuard<'_, State>,
+        buf: &mut [u8],
+    ) -> Result<usize, VsockError> {
+        let b = &self.backend;
         let Some(conn) = st.conns.get_mut(&self.port) else {
             return Err(VsockError::Reset);
         };
@@ -473,6 +544,80 @@ impl Stream {
             b.wake_worker();
         }
         Ok(n)
+    }
+
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
+    /// Waits for the guest's answer to [`Backend::open`], as a task: ready once the guest
+    /// accepted (`Ok`), refused or reset the connection, or the zone stopped.
+    pub(crate) fn poll_connected(&self, cx: &Context<'_>) -> Poll<Result<(), VsockError>> {
+        let mut st = self.backend.lock();
+        let closed = st.closed.clone();
+        match st.conns.get_mut(&self.port) {
+            Some(conn) if conn.state == ConnState::Connecting => match closed {
+                Some(reason) => Poll::Ready(Err(VsockError::Closed(reason))),
+                None => {
+                    conn.wakers.register(cx);
+                    Poll::Pending
+                }
+            },
+            Some(conn) if conn.state == ConnState::Connected => Poll::Ready(Ok(())),
+            Some(conn) if conn.state == ConnState::Refused => Poll::Ready(Err(VsockError::Refused)),
+            _ => Poll::Ready(Err(VsockError::Reset)),
+        }
+    }
+
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
+    /// Queues all of `frame` for the guest at once, as a task: a frame is never interleaved with
+    /// another writer's. Pending (the task woken when the guest drains the buffer) while the
+    /// send buffer lacks room for it.
+    pub(crate) fn poll_write_whole(
+        &self,
+        cx: &Context<'_>,
+        frame: &[u8],
+    ) -> Poll<Result<(), VsockError>> {
+        let mut st = self.backend.lock();
+        if let Some(reason) = &st.closed {
+            return Poll::Ready(Err(VsockError::Closed(reason.clone())));
+        }
+        let Some(conn) = st
+            .conns
+            .get_mut(&self.port)
+            .filter(|c| c.state == ConnState::Connected)
+        else {
+            return Poll::Ready(Err(VsockError::Reset));
+        };
+        // A frame larger than the buffer goes in once the buffer is empty.
+        if !conn.send.is_empty() && conn.send.len() + frame.len() > SEND_BUFFER {
+            conn.wakers.register(cx);
+            return Poll::Pending;
+        }
+        conn.send.extend(frame);
+        drop(st);
+        self.backend.wake_worker();
+        Poll::Ready(Ok(()))
+    }
+
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
+    /// Queues a small control frame (end of input, a signal) at once, even over a full send
+    /// buffer: it never waits, and the buffer's bound grows by at most [`CONTROL_FRAME_MAX`].
+    pub(crate) fn queue_control(&self, frame: &[u8]) -> Result<(), VsockError> {
+        debug_assert!(frame.len() <= CONTROL_FRAME_MAX);
+        let mut st = self.backend.lock();
+        if let Some(reason) = &st.closed {
+            return Err(VsockError::Closed(reason.clone()));
+        }
+        let conn = st
+            .conns
+            .get_mut(&self.port)
+            .filter(|c| c.state == ConnState::Connected)
+            .ok_or(VsockError::Reset)?;
+        if conn.send.len() + frame.len() > SEND_BUFFER + CONTROL_FRAME_MAX {
+            return Err(VsockError::Exhausted);
+        }
+        conn.send.extend(frame);
+        drop(st);
+        self.backend.wake_worker();
+        Ok(())
     }
 
     /// Queues all of `data` for the guest, waiting for room before `deadline`.
