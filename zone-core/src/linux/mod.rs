@@ -530,9 +530,9 @@ pub(crate) fn build(
             .map_err(err)?;
     }
     for (i, disk) in disks.into_iter().enumerate() {
-        virtio
-            .add(&format!("blk{i}"), Box::new(disk))
-            .map_err(err)?;
+        let name = format!("blk{i}");
+        shared.devices.register(&name, disk.stats());
+        virtio.add(&name, Box::new(disk)).map_err(err)?;
     }
     attachments.attach(&s.zone, &shared, &mut virtio)?;
     for (at, table) in acpi::tables(s.vcpus, &virtio.described).map_err(|e| err(e.into()))? {

@@ -14,6 +14,7 @@
 //! type) when the chain has somewhere to put a status byte, and is dropped otherwise. Guest memory
 //! is written only inside descriptors the guest marked device-writable.
 
+use super::blk_stats::{BlockStats, Served};
 use crate::device::{
     ActivateError, Activation, DeviceWorker, Interrupt, QueueHandler, QueueWorker,
     VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX, VirtioDevice, read_config_bytes,
@@ -309,6 +310,8 @@ pub(crate) struct Disk {
     write_through: bool,
     /// Grows with the largest chunk served so far, up to [`BOUNCE_LEN`].
     bounce: Vec<u8>,
+    /// What was served, for the zone's metrics.
+    stats: Arc<BlockStats>,
 }
 
 impl Disk {
@@ -320,7 +323,14 @@ impl Disk {
             id,
             write_through,
             bounce: Vec::new(),
+            stats: Arc::default(),
         }
+    }
+
+    /// Counts what this disk serves in `stats`.
+    pub(crate) fn with_stats(mut self, stats: Arc<BlockStats>) -> Self {
+        self.stats = stats;
+        self
     }
 
     /// Handles one chain: validates it, performs it and writes its status. Returns the used
@@ -334,9 +344,19 @@ impl Disk {
         let (status_addr, status, written) = match parse_request(mem, chain, &self.info) {
             Ok(request) => {
                 let (status, written) = self.execute(mem, &request);
+                self.stats.count(match request.kind {
+                    _ if status != VIRTIO_BLK_S_OK as u8 => Served::Failed,
+                    RequestType::In => Served::Read(request.data_len),
+                    RequestType::Out => Served::Write(request.data_len),
+                    RequestType::Flush => Served::Flush,
+                    RequestType::GetId => Served::Other,
+                });
                 (Some(request.status), status, written)
             }
-            Err(refused) => (refused.status, refused.error.status(), 0),
+            Err(refused) => {
+                self.stats.count(Served::Refused);
+                (refused.status, refused.error.status(), 0)
+            }
         };
         let status_written =
             status_addr.is_some_and(|addr| mem.write_slice(&[status], addr).is_ok());
@@ -500,6 +520,8 @@ pub(crate) struct Block {
     id: [u8; ID_LEN],
     /// The little-endian `struct virtio_blk_config` prefix.
     config: [u8; CONFIG_LEN],
+    /// What its activations served.
+    stats: Arc<BlockStats>,
 }
 
 impl Block {
@@ -536,7 +558,13 @@ impl Block {
             },
             id: id_bytes,
             config,
+            stats: Arc::default(),
         })
+    }
+
+    /// The device's counters (registered with the zone under the device's name).
+    pub(crate) fn stats(&self) -> Arc<BlockStats> {
+        self.stats.clone()
     }
 }
 
@@ -553,7 +581,8 @@ impl Block {
             ActivateError(format!("cannot duplicate the disk image descriptor: {e}"))
         })?;
         let write_through = a.features & (1 << VIRTIO_BLK_F_FLUSH) == 0;
-        let disk = Disk::new(file, self.info, self.id, write_through);
+        let disk =
+            Disk::new(file, self.info, self.id, write_through).with_stats(self.stats.clone());
         Ok(BlockQueue {
             mem: a.mem,
             queue,
@@ -825,6 +854,28 @@ mod tests {
         header(&mem, VIRTIO_BLK_T_IN, 40);
         run_one(&mut block, &mem, &read_chain(&[(DATA, 512)]));
         assert_eq!(guest_bytes(&mem, DATA, 512), expected[40 * 512..41 * 512]);
+        // The zone's metrics count what was served.
+        let bytes: u64 = cases
+            .iter()
+            .flat_map(|(_, segments)| segments.iter().map(|&(_, len)| u64::from(len)))
+            .sum();
+        assert_eq!(
+            counters(&block),
+            [
+                ("reads", 5),
+                ("read_bytes", bytes + 512),
+                ("writes", 4),
+                ("written_bytes", bytes),
+                ("flushes", 0),
+                ("errors", 0),
+                ("refused", 0)
+            ]
+        );
+    }
+
+    fn counters(block: &Block) -> Vec<(&'static str, u64)> {
+        use crate::device::DeviceControl;
+        block.stats().counters()
     }
 
     #[test]
@@ -847,6 +898,8 @@ mod tests {
         assert_eq!(run_one(&mut block, &mem, &read_chain(&[(DATA, 512)])), 513);
         assert_eq!(status(&mem), OK);
         assert_eq!(guest_bytes(&mem, DATA, 512), before[3 * 512..4 * 512]);
+        let refused = counters(&block).into_iter().find(|c| c.0 == "refused");
+        assert_eq!(refused, Some(("refused", 2)), "{:?}", counters(&block));
     }
 
     #[test]

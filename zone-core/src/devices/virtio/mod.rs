@@ -3,5 +3,6 @@
 //! [`crate::device`].
 
 pub(crate) mod blk;
+pub(crate) mod blk_stats;
 pub(crate) mod mmio;
 pub(crate) mod vsock;
