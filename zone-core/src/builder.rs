@@ -318,7 +318,7 @@ impl ZoneBuilder {
         self
     }
 
-    /// Builds the zone paused: nothing runs until [`ZoneHandle::resume`].
+    /// Builds the zone paused: nothing runs until [`ZoneHandle::resume`](crate::ZoneHandle::resume).
     pub fn start_paused(mut self, paused: bool) -> Self {
         self.start_paused = paused;
         self

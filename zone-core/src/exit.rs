@@ -2,7 +2,7 @@
 
 use std::fmt;
 
-/// Why a zone stopped running. Returned by [`Zone::wait`](crate::Zone::wait).
+/// Why a zone stopped running. Returned by [`ZoneHandle::wait`](crate::ZoneHandle::wait).
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum ZoneExit {

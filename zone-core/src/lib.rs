@@ -6,7 +6,13 @@
 //! controls: pause, resume, kill and deadlines from any thread, per-zone metrics and an event
 //! stream of policy violations.
 //!
-//! Most users depend on the `zones` facade crate instead, which re-exports this one.
+//! Linux zones ([`LinuxBoot`]) run a real kernel with the zones agent as PID 1 and take commands
+//! over virtio-vsock ([`ZoneHandle::exec`]); the device API ([`device`]) is how attachments
+//! (vsock, virtio-blk, zone-net's virtio-net) plug in. With feature `tokio`, `aio` is the async
+//! face of all of it.
+//!
+//! Most users depend on the `zones` facade crate instead, which re-exports this one; its front
+//! page is the guide (the two guest kinds, grants, containment, where things are verified).
 //!
 //! # Signals
 //! vCPU threads are stopped with the real-time signal `SIGRTMIN + 2`

@@ -6,7 +6,7 @@
 //! physical address.
 //!
 //! # Hypercall convention
-//! A guest writes up to six 64-bit arguments into its vCPU's [mailbox](mailbox) (the FS segment
+//! A guest writes up to six 64-bit arguments into its vCPU's [`mailbox`] (the FS segment
 //! base points at it) and executes `out dx, eax` with `dx = HYPERCALL_PORT` and `eax` = the
 //! [`Hypercall`] number. The host reads the arguments from guest memory, performs the call and
 //! writes two result words into the mailbox before the guest resumes. The port is the only one the
@@ -35,7 +35,7 @@ pub mod layout {
     pub const STUBS: u64 = 0x7000;
     /// Bytes per exception stub.
     pub const STUB_STRIDE: u64 = 16;
-    /// [`BootInfo`](super::BootInfo) page (user, read-only).
+    /// `BootInfo` page (user, read-only).
     pub const BOOT_INFO: u64 = 0x8000;
     /// Program arguments (user, read-only).
     pub const ARGS: u64 = 0x10000;

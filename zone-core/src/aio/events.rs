@@ -12,7 +12,7 @@ use tokio::time::Sleep;
 /// gone and the queue is empty.
 ///
 /// ```no_run
-/// # async fn run(zone: &zones::Zone) {
+/// # async fn run(zone: &zone_core::Zone) {
 /// let mut events = zone.events_async();
 /// while let Some(event) = events.next().await {
 ///     println!("{event}");

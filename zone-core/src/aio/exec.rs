@@ -249,8 +249,8 @@ impl ZoneHandle {
     /// still booting (up to [`DEFAULT_READY_TIMEOUT`]). Dropping the future kills the command.
     ///
     /// ```no_run
-    /// # async fn run(zone: &zones::Zone) -> Result<(), zones::ExecError> {
-    /// use zones::Command;
+    /// # async fn run(zone: &zone_core::Zone) -> Result<(), zone_core::ExecError> {
+    /// use zone_core::Command;
     /// let out = zone.exec_async(&Command::new("echo").arg("hi")).await?;
     /// assert_eq!(out.stdout, b"hi\n");
     /// # Ok(()) }
@@ -282,9 +282,9 @@ impl ZoneHandle {
     /// [`ZoneHandle::spawn`] as a future: starts `cmd` and returns it running, stdin open.
     ///
     /// ```no_run
-    /// # async fn run(zone: &zones::Zone) -> Result<(), zones::ExecError> {
+    /// # async fn run(zone: &zone_core::Zone) -> Result<(), zone_core::ExecError> {
     /// use tokio::io::AsyncWriteExt;
-    /// use zones::{Command, ProcessEvent};
+    /// use zone_core::{Command, ProcessEvent};
     /// let mut process = zone.spawn_async(&Command::new("cat")).await?;
     /// let mut stdin = process.take_stdin().expect("spawned with stdin");
     /// stdin.write_all(b"hello\n").await.ok();

@@ -1,10 +1,10 @@
 //! The async face of zones (feature `tokio`, off by default; the blocking API stays).
 //!
 //! Everything that waits here waits as a task on a tokio runtime and never blocks a worker
-//! thread: commands ([`ZoneHandle::exec_async`], [`ZoneHandle::spawn_async`] and their
+//! thread: commands ([`ZoneHandle::exec_async`](crate::ZoneHandle::exec_async), [`ZoneHandle::spawn_async`](crate::ZoneHandle::spawn_async) and their
 //! [`AsyncProcess`], whose output is a [`futures_core::Stream`] and whose stdin is an
-//! [`tokio::io::AsyncWrite`]), the agent's readiness ([`ZoneHandle::wait_ready_async`]), the
-//! zone's end ([`ZoneHandle::wait_async`]) and its events ([`ZoneHandle::events_async`]).
+//! [`tokio::io::AsyncWrite`]), the agent's readiness ([`ZoneHandle::wait_ready_async`](crate::ZoneHandle::wait_ready_async)), the
+//! zone's end ([`ZoneHandle::wait_async`](crate::ZoneHandle::wait_async)) and its events ([`ZoneHandle::events_async`](crate::ZoneHandle::events_async)).
 //! Readiness comes from the zone itself: the vsock device's worker, the vCPUs and the event bus
 //! wake the waiting task when its state changes; no thread waits on behalf of a call.
 //! [`crate::ZoneBuilder::build_async`] runs the host-side preparation (reading and
@@ -19,7 +19,7 @@
 //! the connection is released at once. Other waits hold nothing when dropped.
 //!
 //! ```no_run
-//! use zones::{Command, LinuxBoot, Zone};
+//! use zone_core::{Command, LinuxBoot, Zone};
 //!
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
 //! let zone = Zone::builder()

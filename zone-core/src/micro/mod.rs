@@ -1,5 +1,5 @@
 //! Micro zones: one static program at CPL3 on host-built page tables, with hypercalls as its only
-//! way out and CPL0 stubs that turn every CPU exception into a [`Fault`](crate::Fault) report.
+//! way out and CPL0 stubs that turn every CPU exception into a [`Fault`] report.
 
 pub(crate) mod cpu;
 pub mod elf;

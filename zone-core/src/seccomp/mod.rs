@@ -1,5 +1,5 @@
 //! seccomp filters on every thread zones spawns for a zone, each with the allowlist its kind of
-//! thread needs ([`filters`]), installed by the thread itself as the first thing it does, for
+//! thread needs (`filters`), installed by the thread itself as the first thing it does, for
 //! that thread only: the embedding program's threads are never filtered.
 //!
 //! A system call outside the list is refused with `EPERM` (never a signal, never killing the
