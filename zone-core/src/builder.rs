@@ -280,6 +280,20 @@ impl ZoneBuilder {
     /// on the calling vCPU's thread and the guest waits for it. Pause, kill and deadlines take
     /// effect when it returns, so a host function should not block indefinitely. A panic inside
     /// it is caught and reported to the guest as an error.
+    ///
+    /// ```no_run
+    /// use zone_core::{GuestProgram, HostFnError, Zone};
+    /// # fn run(program: GuestProgram) -> Result<(), zone_core::BuildError> {
+    /// let zone = Zone::builder()
+    ///     .micro(program)
+    ///     // The guest calls it with bytes (`zone_guest::call("upper", ..)`) and gets bytes back.
+    ///     .host_fn("upper", |call| {
+    ///         let text = std::str::from_utf8(call.input).map_err(|_| HostFnError::new("not UTF-8"))?;
+    ///         Ok(text.to_uppercase().into_bytes())
+    ///     })
+    ///     .build()?;
+    /// # Ok(()) }
+    /// ```
     pub fn host_fn(
         mut self,
         name: &str,

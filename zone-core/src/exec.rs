@@ -612,6 +612,22 @@ impl ZoneHandle {
     /// Starts `cmd` and returns it running, stdin open. Waits for the agent first if the zone is
     /// still booting (up to [`DEFAULT_READY_TIMEOUT`]). The command's timeout, if it has one,
     /// bounds everything: the connection, the start and every read.
+    ///
+    /// ```no_run
+    /// # fn run(zone: &zone_core::Zone) -> Result<(), zone_core::ExecError> {
+    /// use zone_core::{Command, ProcessEvent};
+    /// let mut process = zone.spawn(&Command::new("sh").arg("-c").arg("read x; echo got $x"))?;
+    /// process.write_stdin(b"hello\n")?;
+    /// process.close_stdin()?;
+    /// while let Some(event) = process.next_event()? {
+    ///     match event {
+    ///         ProcessEvent::Stdout(b) => print!("{}", String::from_utf8_lossy(&b)),
+    ///         ProcessEvent::Stderr(b) => eprint!("{}", String::from_utf8_lossy(&b)),
+    ///         ProcessEvent::Exited(status) => println!("ended: {status}"),
+    ///     }
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub fn spawn(&self, cmd: &Command) -> Result<Process, ExecError> {
         self.start(cmd, true)
     }
@@ -653,6 +669,23 @@ impl ZoneHandle {
     /// Runs `cmd` to completion and returns its output. Stdin (if any) is fed from another thread
     /// while the output is read, so neither side can block the other. Waits for the agent first if
     /// the zone is still booting (up to [`DEFAULT_READY_TIMEOUT`]).
+    ///
+    /// ```no_run
+    /// # fn run(zone: &zone_core::Zone) -> Result<(), zone_core::ExecError> {
+    /// use std::time::Duration;
+    /// use zone_core::Command;
+    /// let out = zone.exec(
+    ///     &Command::new("sh")
+    ///         .args(["-c", "wc -c"])
+    ///         .stdin(b"four".to_vec())
+    ///         .env("LANG", "C")
+    ///         .timeout(Duration::from_secs(10)) // killed (and reported) after 10 s
+    ///         .output_limit(1 << 20),           // keep at most 1 MiB of each stream
+    /// )?;
+    /// assert!(out.status.success());
+    /// assert_eq!(out.stdout, b"4\n");
+    /// # Ok(()) }
+    /// ```
     pub fn exec(&self, cmd: &Command) -> Result<Output, ExecError> {
         let process = self.start(cmd, cmd.stdin.is_some())?;
         let Some(input) = &cmd.stdin else {

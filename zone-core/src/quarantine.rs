@@ -67,6 +67,17 @@ impl ZoneHandle {
     /// (a network's flows are reset and its link cut), and returns the evidence. The zone stays
     /// quarantined, [`resume`](Self::resume) refused, until [`release`](Self::release) or a
     /// kill.
+    ///
+    /// ```no_run
+    /// # fn run(zone: &zone_core::Zone) -> Result<(), zone_core::ControlError> {
+    /// let evidence = zone.quarantine()?; // paused, cut off; nothing runs until release()
+    /// println!("console tail: {}", String::from_utf8_lossy(&evidence.console_tail));
+    /// for device in &evidence.devices {
+    ///     println!("{}: {:?}", device.device, device.lines);
+    /// }
+    /// zone.release()?; // or zone.kill()
+    /// # Ok(()) }
+    /// ```
     pub fn quarantine(&self) -> Result<Evidence, ControlError> {
         self.quarantine_with(QuarantineOptions::default())
     }

@@ -209,6 +209,16 @@ impl ZoneHandle {
     /// zone (its vCPU counts as paused while it waits, so several vCPUs may do it at once). If
     /// another thread resumes the zone before every vCPU has paused, the resume wins and `pause`
     /// returns then: a control call always returns.
+    ///
+    /// ```no_run
+    /// # fn run(zone: &zone_core::Zone) -> Result<(), zone_core::ControlError> {
+    /// let handle = zone.handle(); // Clone + Send: control the zone from any thread
+    /// std::thread::spawn(move || -> Result<(), zone_core::ControlError> {
+    ///     handle.pause()?; // no vCPU runs guest code, no device moves data
+    ///     handle.resume()
+    /// });
+    /// # Ok(()) }
+    /// ```
     pub fn pause(&self) -> Result<(), ControlError> {
         self.pause_inner(false)
     }
@@ -251,6 +261,15 @@ impl ZoneHandle {
     /// [`wait`](Self::wait) returns once every vCPU has left the guest. A vCPU running guest code
     /// leaves at once; one inside a host function leaves when that function returns (host
     /// functions are the embedder's code and are not preempted).
+    ///
+    /// ```no_run
+    /// # fn run(zone: &zone_core::Zone) {
+    /// use std::time::Duration;
+    /// zone.set_deadline(Duration::from_secs(30)); // or end it now:
+    /// zone.kill();
+    /// assert_eq!(zone.wait(), zone_core::ZoneExit::Killed);
+    /// # }
+    /// ```
     pub fn kill(&self) {
         self.shared.stop(ZoneExit::Killed);
     }
@@ -274,6 +293,15 @@ impl ZoneHandle {
     }
 
     /// Like [`wait`](Self::wait), giving up after `timeout`.
+    ///
+    /// ```no_run
+    /// # fn run(zone: &zone_core::Zone) {
+    /// match zone.wait_timeout(std::time::Duration::from_secs(5)) {
+    ///     Some(exit) => println!("ended: {exit}"),
+    ///     None => println!("still {:?}", zone.state()),
+    /// }
+    /// # }
+    /// ```
     pub fn wait_timeout(&self, timeout: Duration) -> Option<ZoneExit> {
         self.shared.control.wait(Some(Instant::now() + timeout))
     }
@@ -292,6 +320,17 @@ impl ZoneHandle {
     }
 
     /// A snapshot of the zone's counters.
+    ///
+    /// ```no_run
+    /// # fn run(zone: &zone_core::Zone) {
+    /// let m = zone.metrics();
+    /// println!("{m}"); // every counter, one per line
+    /// println!("vCPU time {:?}, {} KVM exits", m.vcpu_run_time, m.exits.total());
+    /// if let Some(disk) = m.device("blk0") {
+    ///     println!("disk read {} bytes", disk.get("read_bytes").unwrap_or(0));
+    /// }
+    /// # }
+    /// ```
     pub fn metrics(&self) -> ZoneMetrics {
         let resident = self
             .shared
@@ -309,6 +348,20 @@ impl ZoneHandle {
 
     /// Subscribes to the zone's events. The first subscription receives every event since the
     /// zone was built; later ones start now.
+    ///
+    /// ```no_run
+    /// # fn run(zone: &zone_core::Zone) {
+    /// use zone_core::ZoneEvent;
+    /// let events = zone.events();
+    /// for event in events.drain() {
+    ///     match event {
+    ///         ZoneEvent::Violation(v) => eprintln!("refused: {v}"),
+    ///         ZoneEvent::Denied(d) => eprintln!("denied: {d}"),
+    ///         other => println!("{other}"),
+    ///     }
+    /// }
+    /// # }
+    /// ```
     pub fn events(&self) -> EventStream {
         self.shared.events.subscribe()
     }

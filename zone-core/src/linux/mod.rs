@@ -212,6 +212,18 @@ impl LinuxBoot {
     }
 
     /// Boots this host's newest `/boot/vmlinuz-*` with its modules from `/lib/modules/<version>`.
+    ///
+    /// ```no_run
+    /// use zone_core::{Disk, LinuxBoot, Zone};
+    /// # fn run() -> Result<(), Box<dyn std::error::Error>> {
+    /// let boot = LinuxBoot::host_kernel()?
+    ///     .busybox()                                   // a userland: busybox and its applets
+    ///     .module("ext4")                              // loaded at boot, dependencies too
+    ///     .file("/etc/motd", "/etc/hostname", 0o644)   // a host file copied into the guest
+    ///     .disk(Disk::raw("data.img").read_only(true).id("data")); // /dev/vda, serial "data"
+    /// let zone = Zone::builder().memory_mib(256).vcpus(2).linux(boot).build()?;
+    /// # Ok(()) }
+    /// ```
     pub fn host_kernel() -> Result<Self, LinuxError> {
         let (version, path) = newest_host_kernel(Path::new("/boot"))?;
         Ok(Self::new(path).modules_dir(Path::new("/lib/modules").join(version)))
