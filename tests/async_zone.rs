@@ -197,6 +197,15 @@ fn sixty_four_concurrent_execs_on_one_zone_and_on_eight() {
             assert_eq!(text(&out.stdout), i.to_string());
             assert!(out.status.success());
         }
+        let report = one.boot_report_async().await;
+        assert_eq!(report.guest_marks.len(), 6, "{report}");
+        assert!(
+            report
+                .milestones
+                .iter()
+                .any(|m| m.0 == "first command ended"),
+            "{report}"
+        );
         one.kill();
 
         // Eight zones built concurrently, eight commands each, all at once.

@@ -94,12 +94,74 @@ fn boots_the_host_kernel_and_runs_commands() {
         matches!(missing, Err(ExecError::Spawn { .. })),
         "{missing:?}"
     );
+    check_boot_report(&zone);
     zone.kill();
     assert_eq!(
         zone.metrics().seccomp_refused,
         0,
         "{:?}",
         zone.events().drain()
+    );
+}
+
+/// The boot report of a Linux zone that ran commands: the build's phases, the host's milestones
+/// in their order, and the agent's marks, in order on the guest's clock.
+fn check_boot_report(zone: &Zone) {
+    let report = zone.boot_report();
+    eprintln!("{report}");
+    let phases: Vec<&str> = report.build_phases.iter().map(|p| p.0).collect();
+    assert_eq!(
+        phases,
+        [
+            "kernel read",
+            "root filesystem",
+            "initramfs",
+            "VM and memory",
+            "kernel and boot data loaded",
+            "devices",
+            "vCPUs"
+        ],
+        "{report}"
+    );
+    let at = |name: &str| {
+        report
+            .milestones
+            .iter()
+            .find(|m| m.0 == name)
+            .unwrap_or_else(|| panic!("no {name:?}:\n{report}"))
+            .1
+    };
+    let order = [
+        "vCPUs started",
+        "vsock driver ready",
+        "agent answered",
+        "first command started",
+        "first command ended",
+    ];
+    for pair in order.windows(2) {
+        assert!(at(pair[0]) <= at(pair[1]), "{pair:?}:\n{report}");
+    }
+    assert!(
+        at("first console output") >= at("vCPUs started"),
+        "{report}"
+    );
+    let marks: Vec<&str> = report.guest_marks.iter().map(|m| m.0.as_str()).collect();
+    assert_eq!(
+        marks,
+        [
+            "agent_start",
+            "mounted",
+            "modules_loaded",
+            "rootfs_ready",
+            "network_ready",
+            "server_listening"
+        ],
+        "{report}"
+    );
+    assert!(
+        report.guest_marks.windows(2).all(|w| w[0].1 <= w[1].1)
+            && report.guest_marks[0].1 > Duration::ZERO,
+        "{report}"
     );
 }
 
@@ -414,6 +476,7 @@ fn boots_a_minimal_kernel_with_drivers_built_in() {
             text(&out.stderr)
         );
         assert_eq!(lines[2], "minimal-disk-data", "{}", kernel.display());
+        eprintln!("{}: {}", kernel.display(), zone.boot_report());
         let status = run(&zone, &sh("exit 7")).status;
         assert_eq!(status.code(), Some(7));
         // The guest panics on request: the zone reports it.

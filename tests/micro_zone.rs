@@ -58,6 +58,21 @@ fn console_output_is_captured_exactly() {
         "the sink saw the same bytes"
     );
     assert_eq!(zone.metrics().console_bytes, expected.len() as u64);
+    // Where its start went: the build's phases, then the vCPUs and the first console byte.
+    let report = zone.boot_report();
+    let phases: Vec<&str> = report.build_phases.iter().map(|p| p.0).collect();
+    assert_eq!(
+        phases,
+        ["VM and memory", "program loaded", "vCPUs"],
+        "{report}"
+    );
+    let milestones: Vec<&str> = report.milestones.iter().map(|m| m.0).collect();
+    assert_eq!(
+        milestones,
+        ["vCPUs started", "first console output"],
+        "{report}"
+    );
+    assert!(report.guest_marks.is_empty(), "no agent in a micro zone");
 }
 
 #[test]

@@ -7,7 +7,7 @@
 //! `zone-agent: ...` lines. Only a server that keeps dying makes PID 1 exit (and the kernel
 //! panic, which the host sees as the zone stopping).
 
-use crate::sys;
+use crate::{proto, sys};
 use std::ffi::CStr;
 use std::os::fd::AsFd;
 use std::os::unix::ffi::OsStrExt;
@@ -82,20 +82,42 @@ const MOUNTS: [Mount; 6] = [
 /// forever. Exits (making the kernel panic) only when the server dies again after
 /// [`MAX_SERVER_RESTARTS`] restarts (counted over the life of the zone).
 pub fn run() -> ! {
+    let mut marks = Marks::default();
+    marks.reached(proto::boot::AGENT_START);
     for problem in mount_filesystems() {
         eprintln!("{problem}");
     }
+    marks.reached(proto::boot::MOUNTED);
     for problem in load_modules(Path::new(MODULES_DIR)) {
         eprintln!("{problem}");
     }
+    marks.reached(proto::boot::MODULES);
     set_default_env();
     // After the modules (the filesystems'), before the network (which writes /etc/resolv.conf
     // into the new root).
-    let server_env = crate::rootfs::setup();
+    let mut server_env = crate::rootfs::setup();
+    marks.reached(proto::boot::ROOTFS);
     for problem in crate::net::setup() {
         eprintln!("{problem}");
     }
+    marks.reached(proto::boot::NETWORK);
+    server_env.push((crate::rootfs::server_env::BOOT, marks.encode()));
     supervise(&server_env)
+}
+
+/// When PID 1 reached each step of its start (the host asks for them with `BOOT`).
+#[derive(Default)]
+struct Marks(Vec<(String, u64)>);
+
+impl Marks {
+    fn reached(&mut self, step: &str) {
+        let micros = sys::boottime().as_micros().min(u128::from(u64::MAX)) as u64;
+        self.0.push((step.to_string(), micros));
+    }
+
+    fn encode(&self) -> String {
+        proto::boot::encode(&self.0)
+    }
 }
 
 /// Creates the mount points and mounts `/proc`, `/sys`, `/dev`, `/dev/pts` (best effort),

@@ -32,6 +32,8 @@ pub mod kind {
     pub const SIGNAL: u8 = 4;
     /// Host -> agent: readiness probe. Empty payload; first and only frame of its connection.
     pub const PING: u8 = 5;
+    /// Host -> agent: asks for the agent's boot times. Empty payload; first and only frame.
+    pub const BOOT: u8 = 6;
     /// Agent -> host: the command started; payload `pid: u32` LE.
     pub const STARTED: u8 = 16;
     /// Agent -> host: bytes the command wrote to stdout.
@@ -44,6 +46,8 @@ pub mod kind {
     pub const ERROR: u8 = 20;
     /// Agent -> host: answer to `PING`; payload `version: u32` LE, then the kernel release.
     pub const PONG: u8 = 21;
+    /// Agent -> host: answer to `BOOT`; payload: [`boot::encode`]d marks.
+    pub const BOOT_TIMES: u8 = 22;
 }
 
 /// Limits on an `ExecRequest`.
@@ -271,6 +275,25 @@ pub fn read_frame(r: &mut impl Read) -> io::Result<Option<(u8, Vec<u8>)>> {
 mod tests {
     use super::*;
 
+    #[test]
+    fn boot_marks_round_trip_and_junk_is_ignored() {
+        let marks = vec![
+            ("agent_start".to_string(), 1_234_567),
+            ("mounted".to_string(), 1_240_000),
+        ];
+        assert_eq!(boot::decode(&boot::encode(&marks)), marks);
+        let junk = "x=1\nBAD=2\n=3\nno_equals\ny=notanumber\nz=-1\n".to_string()
+            + "long_name_that_goes_on_and_on_and_on=5\n"
+            + &"m=9\n".repeat(100);
+        let got = boot::decode(&junk);
+        assert_eq!(got[0], ("x".to_string(), 1));
+        assert_eq!(got.len(), boot::MAX_MARKS, "bounded");
+        assert!(
+            got[1..].iter().all(|m| m == &("m".to_string(), 9)),
+            "{got:?}"
+        );
+    }
+
     fn request() -> ExecRequest {
         ExecRequest {
             argv: vec![b"sh".to_vec(), b"-c".to_vec(), b"exit 3".to_vec()],
@@ -348,6 +371,47 @@ mod tests {
             read_frame(&mut &[1u8, 5, 0][..]).is_err(),
             "truncated header"
         );
+    }
+}
+
+/// The agent's boot times: when (on the guest's `CLOCK_BOOTTIME`, since the kernel started) PID 1
+/// reached each step. Text, one `name=micros` a line; the host takes at most [`boot::MAX_MARKS`]
+/// well-formed lines and ignores the rest (the guest writes this).
+pub mod boot {
+    /// PID 1 started (the kernel's own boot is over).
+    pub const AGENT_START: &str = "agent_start";
+    /// `/proc`, `/sys`, `/dev`, `/tmp`, `/run` mounted.
+    pub const MOUNTED: &str = "mounted";
+    /// The listed kernel modules loaded.
+    pub const MODULES: &str = "modules_loaded";
+    /// The root filesystem switched to (or nothing to do).
+    pub const ROOTFS: &str = "rootfs_ready";
+    /// The network configured (or nothing to do).
+    pub const NETWORK: &str = "network_ready";
+    /// The exec server listens on the agent port.
+    pub const LISTENING: &str = "server_listening";
+    /// Most marks a report holds.
+    pub const MAX_MARKS: usize = 16;
+    /// Longest mark name.
+    pub const MAX_NAME: usize = 32;
+
+    /// The marks as text.
+    pub fn encode(marks: &[(String, u64)]) -> String {
+        marks.iter().map(|(n, us)| format!("{n}={us}\n")).collect()
+    }
+
+    /// The well-formed marks of `text`, at most [`MAX_MARKS`].
+    pub fn decode(text: &str) -> Vec<(String, u64)> {
+        text.lines()
+            .filter_map(|line| {
+                let (name, micros) = line.split_once('=')?;
+                let valid = !name.is_empty()
+                    && name.len() <= MAX_NAME
+                    && name.bytes().all(|b| b.is_ascii_lowercase() || b == b'_');
+                valid.then_some((name.to_string(), micros.parse().ok()?))
+            })
+            .take(MAX_MARKS)
+            .collect()
     }
 }
 

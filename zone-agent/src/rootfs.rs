@@ -225,6 +225,8 @@ pub mod server_env {
     pub const USER: &str = "ZONE_AGENT_USER";
     /// Why the root filesystem could not be set up: every exec is refused with it.
     pub const ROOTFS_ERROR: &str = "ZONE_AGENT_ROOTFS_ERROR";
+    /// PID 1's boot marks ([`crate::proto::boot`]).
+    pub const BOOT: &str = "ZONE_AGENT_BOOT";
 }
 
 /// PID 1's part: when the host described a root filesystem, switch to it and return the

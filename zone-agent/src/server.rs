@@ -38,6 +38,9 @@ pub fn handle_connection(conn: OwnedFd) {
             let _ = proto::write_frame(&mut &conn, kind::PONG, &pong_payload());
         }
         Ok(Some((kind::PING, _))) => send_error(&conn, "malformed PING: it carries no payload"),
+        Ok(Some((kind::BOOT, _))) => {
+            let _ = proto::write_frame(&mut &conn, kind::BOOT_TIMES, boot_times().as_bytes());
+        }
         Ok(Some((kind::EXEC, _))) if defaults::get().rootfs_error.is_some() => {
             let msg = defaults::get().rootfs_error.clone().unwrap_or_default();
             send_error(&conn, &msg);
@@ -48,9 +51,23 @@ pub fn handle_connection(conn: OwnedFd) {
         },
         Ok(Some((other, _))) => send_error(
             &conn,
-            &format!("unexpected first frame kind {other}: a connection starts with EXEC or PING"),
+            &format!(
+                "unexpected first frame kind {other}: a connection starts with EXEC, PING or BOOT"
+            ),
         ),
     }
+}
+
+/// When the server started listening (guest boot time, microseconds).
+static LISTENING_AT: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+
+/// The `BOOT_TIMES` payload: PID 1's marks, then the server's own.
+fn boot_times() -> String {
+    let mut text = defaults::get().boot.clone();
+    if let Some(at) = LISTENING_AT.get() {
+        text += &proto::boot::encode(&[(proto::boot::LISTENING.to_string(), *at)]);
+    }
+    text
 }
 
 /// The `PONG` payload: protocol version (u32 LE), then the kernel release (empty if unknown).
@@ -88,6 +105,7 @@ pub fn listen_vsock(port: u32) -> io::Result<OwnedFd> {
 pub fn run() -> ! {
     defaults::take();
     let listener = listen_with_retries(proto::AGENT_PORT);
+    let _ = LISTENING_AT.set(sys::boottime().as_micros().min(u128::from(u64::MAX)) as u64);
     eprintln!("zone-agent: ready");
     loop {
         match sys::accept4(listener.as_fd(), sys::SOCK_CLOEXEC) {

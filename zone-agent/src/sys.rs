@@ -61,6 +61,7 @@ mod nr {
     pub const FINIT_MODULE: usize = 313;
     pub const POLL: usize = 7;
     pub const IOCTL: usize = 16;
+    pub const CLOCK_GETTIME: usize = 228;
 }
 
 /// Address family of IPv4 sockets.
@@ -479,6 +480,23 @@ pub fn readable_now(fd: BorrowedFd<'_>) -> io::Result<bool> {
         Ok(_) => Ok(pfd.revents & (POLLIN | POLLHUP | POLLERR) != 0),
         Err(e) if is_errno(&e, EINTR) => Ok(false),
         Err(e) => Err(e),
+    }
+}
+
+/// Time since the guest kernel booted (`CLOCK_BOOTTIME`); zero if the clock cannot be read.
+pub fn boottime() -> std::time::Duration {
+    const CLOCK_BOOTTIME: usize = 7;
+    let mut ts = [0i64; 2];
+    // SAFETY: `ts` is a live, writable `struct timespec` (two i64 on x86-64) for the whole call.
+    let ret = unsafe {
+        syscall6(
+            nr::CLOCK_GETTIME,
+            [CLOCK_BOOTTIME, ts.as_mut_ptr() as usize, 0, 0, 0, 0],
+        )
+    };
+    match check(ret) {
+        Ok(_) => std::time::Duration::new(ts[0].max(0) as u64, ts[1].clamp(0, 999_999_999) as u32),
+        Err(_) => std::time::Duration::ZERO,
     }
 }
 

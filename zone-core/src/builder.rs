@@ -385,6 +385,7 @@ impl ZoneBuilder {
             console_sink: self.console_sink,
             host_fn_names: self.functions.names(),
             seccomp: self.seccomp,
+            started,
         };
         let kind = match &self.payload {
             Some(Payload::Micro(_)) => "micro",

@@ -14,6 +14,8 @@ pub(crate) struct ConsoleBuffer {
     limit: usize,
     overflowed: AtomicBool,
     sink: Option<ConsoleSink>,
+    /// When the guest first wrote something.
+    first_output: std::sync::OnceLock<std::time::Instant>,
 }
 
 impl std::fmt::Debug for ConsoleBuffer {
@@ -40,11 +42,20 @@ impl ConsoleBuffer {
             limit,
             overflowed: AtomicBool::new(false),
             sink,
+            first_output: std::sync::OnceLock::new(),
         }
+    }
+
+    /// When the guest first wrote something, if it has.
+    pub(crate) fn first_output(&self) -> Option<std::time::Instant> {
+        self.first_output.get().copied()
     }
 
     /// Appends guest bytes, keeping at most `limit` in total. The sink sees every byte.
     pub(crate) fn push(&self, bytes: &[u8]) -> Pushed {
+        if !bytes.is_empty() && self.first_output.get().is_none() {
+            let _ = self.first_output.set(std::time::Instant::now());
+        }
         if let Some(sink) = &self.sink {
             sink(bytes);
         }

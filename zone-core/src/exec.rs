@@ -20,6 +20,10 @@ pub(crate) const FOREVER: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 /// Once the agent has answered, how long a new connection (and the command's start) may take
 /// before the agent counts as lost: a healthy agent answers in milliseconds.
 pub const AGENT_ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a command's start may take while the agent, busy with other commands, keeps sending
+/// on other connections (a burst of starts under load); a silent agent is lost after
+/// [`AGENT_ANSWER_TIMEOUT`].
+pub const AGENT_BUSY_LIMIT: Duration = Duration::from_secs(120);
 /// How long after a command's timeout the agent has to report that it killed it.
 const TIMEOUT_GRACE: Duration = Duration::from_secs(5);
 /// A connection attempt made before the guest's vsock driver is up waits in the device until it
@@ -438,6 +442,7 @@ pub(crate) fn decode_event(
         kind::STDERR => Ok(ProcessEvent::Stderr(payload)),
         kind::EXIT => {
             let report = ExitReport::decode(&payload).map_err(|e| protocol(e.to_string()))?;
+            zone.shared.boot.command_ended();
             Ok(ProcessEvent::Exited(report.into()))
         }
         kind::ERROR => Err(ExecError::Spawn {
@@ -489,6 +494,29 @@ fn feed(stream: &Stream, input: &[u8], deadline: Instant) -> io::Result<()> {
         proto::write_frame(&mut io, kind::STDIN, chunk)?;
     }
     proto::write_frame(&mut io, kind::STDIN_EOF, &[])
+}
+
+/// Reads the agent's answer on a new connection: each read waits up to [`AGENT_ANSWER_TIMEOUT`],
+/// and again while the agent keeps sending on other connections (it is busy, not lost), up to
+/// `hard`.
+struct Answer<'a> {
+    stream: &'a Stream,
+    backend: &'a Backend,
+    hard: Instant,
+}
+
+impl io::Read for Answer<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        loop {
+            let step = (Instant::now() + AGENT_ANSWER_TIMEOUT).min(self.hard);
+            match self.stream.read(buf, step) {
+                Err(VsockError::TimedOut)
+                    if Instant::now() < self.hard
+                        && self.backend.heard_within(AGENT_ANSWER_TIMEOUT) => {}
+                other => return other.map_err(to_io),
+            }
+        }
+    }
 }
 
 /// The error for a broken connection: the zone's exit if it stopped, else a lost agent.
@@ -588,6 +616,26 @@ impl ZoneHandle {
         }
     }
 
+    /// The agent's boot marks, if its agent has answered before and answers now (within
+    /// [`AGENT_ANSWER_TIMEOUT`]).
+    pub(crate) fn fetch_boot_marks(&self) -> Option<Vec<(String, Duration)>> {
+        let backend = self.shared.devices.find::<Backend>()?;
+        if !backend.agent_seen() || self.ended_exit().is_some() {
+            return None;
+        }
+        let deadline = Instant::now() + AGENT_ANSWER_TIMEOUT;
+        let stream = backend.connect(proto::AGENT_PORT, deadline).ok()?;
+        let mut io = Io {
+            stream: &stream,
+            deadline,
+        };
+        proto::write_frame(&mut io, kind::BOOT, &[]).ok()?;
+        match proto::read_frame(&mut io).ok()?? {
+            (kind::BOOT_TIMES, payload) => Some(crate::boot_report::guest_marks(&payload)),
+            _ => None,
+        }
+    }
+
     /// Waits until the zone's agent answers, at most `timeout` (boot included).
     pub fn wait_ready(&self, timeout: Duration) -> Result<AgentInfo, ExecError> {
         let deadline = Instant::now() + timeout;
@@ -645,14 +693,23 @@ impl ZoneHandle {
             deadline,
         };
         process.send(kind::EXEC, &cmd.request(stdin).encode())?;
-        // The agent answers at once; one that does not is lost.
-        let mut io = Io {
+        // The agent answers at once; one that says nothing at all is lost.
+        let backend = self
+            .shared
+            .devices
+            .find::<Backend>()
+            .ok_or_else(|| ExecError::NoAgent {
+                zone: self.name().to_string(),
+            })?;
+        let mut answer = Answer {
             stream: &process.stream,
-            deadline: deadline.min(Instant::now() + AGENT_ANSWER_TIMEOUT),
+            backend: &backend,
+            hard: deadline.min(Instant::now() + AGENT_BUSY_LIMIT),
         };
-        match proto::read_frame(&mut io).map_err(|e| lost(self, e))? {
+        match proto::read_frame(&mut answer).map_err(|e| lost(self, e))? {
             Some((kind::STARTED, p)) if p.len() == 4 => {
                 process.pid = u32::from_le_bytes([p[0], p[1], p[2], p[3]]);
+                self.shared.boot.command_started();
                 Ok(process)
             }
             Some((kind::ERROR, message)) => Err(ExecError::Spawn {

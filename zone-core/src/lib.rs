@@ -20,6 +20,7 @@
 
 #[cfg(feature = "tokio")]
 pub mod aio;
+mod boot_report;
 mod builder;
 mod console;
 mod control;
@@ -49,6 +50,7 @@ mod vmm;
 mod wakers;
 mod zone;
 
+pub use boot_report::BootReport;
 pub use builder::{BuildError, DEFAULT_MEMORY_MIB, ZoneBuilder};
 pub use console::DEFAULT_CONSOLE_LIMIT;
 pub use control::{ControlError, ZoneState};
@@ -56,8 +58,8 @@ pub use device::DeviceCounters;
 pub use devices::virtio::vsock::backend::VsockError;
 pub use events::{Denial, EVENT_QUEUE_CAPACITY, EventStream, Violation, ZoneEvent};
 pub use exec::{
-    AGENT_ANSWER_TIMEOUT, AgentInfo, Command, DEFAULT_OUTPUT_LIMIT, DEFAULT_READY_TIMEOUT,
-    ExecError, ExitStatus, Output, Process, ProcessEvent,
+    AGENT_ANSWER_TIMEOUT, AGENT_BUSY_LIMIT, AgentInfo, Command, DEFAULT_OUTPUT_LIMIT,
+    DEFAULT_READY_TIMEOUT, ExecError, ExitStatus, Output, Process, ProcessEvent,
 };
 pub use exit::{Exception, Fault, ZoneExit};
 pub use host_fn::{HostCall, HostFnError, HostFnNameError, HostFnResult};

@@ -128,6 +128,7 @@ fn emit(zone: &str, id: u64, event: &ZoneEvent) {
 pub(crate) struct Phases {
     zone: String,
     last: Instant,
+    done: Vec<(&'static str, std::time::Duration)>,
 }
 
 impl Phases {
@@ -136,13 +137,21 @@ impl Phases {
         Self {
             zone: zone.to_owned(),
             last: Instant::now(),
+            done: Vec::new(),
         }
+    }
+
+    /// The phases ended so far, with their durations.
+    pub(crate) fn into_list(self) -> Vec<(&'static str, std::time::Duration)> {
+        self.done
     }
 
     /// Ends phase `phase`.
     pub(crate) fn done(&mut self, phase: &'static str) {
         let now = Instant::now();
-        let micros = now.duration_since(self.last).as_micros() as u64;
+        let took = now.duration_since(self.last);
+        self.done.push((phase, took));
+        let micros = took.as_micros() as u64;
         tracing::debug!(target: "zones::build", zone = %self.zone, phase, micros, "build phase");
         self.last = now;
     }

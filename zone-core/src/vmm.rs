@@ -32,6 +32,8 @@ pub(crate) struct Settings {
     pub(crate) console_sink: Option<ConsoleSink>,
     pub(crate) host_fn_names: Vec<String>,
     pub(crate) seccomp: crate::seccomp::Seccomp,
+    /// When `build()` was called.
+    pub(crate) started: std::time::Instant,
 }
 
 /// An open KVM device and a fresh VM.
@@ -134,6 +136,7 @@ impl Settings {
             devices: Arc::new(crate::device::Devices::new(self.start_paused)),
             device_sync: Mutex::new(()),
             seccomp: self.seccomp,
+            boot: crate::boot_report::BootClock::new(self.started),
         })
     }
 

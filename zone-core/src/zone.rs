@@ -36,6 +36,8 @@ pub(crate) struct ZoneShared {
     pub(crate) device_sync: Mutex<()>,
     /// How the zone's threads are filtered.
     pub(crate) seccomp: crate::seccomp::Seccomp,
+    /// Where its start went ([`ZoneHandle::boot_report`]).
+    pub(crate) boot: crate::boot_report::BootClock,
 }
 
 impl crate::seccomp::RefusalSink for ZoneShared {

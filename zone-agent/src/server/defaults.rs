@@ -14,6 +14,8 @@ pub(crate) struct Defaults {
     pub(crate) user: Option<(u32, u32)>,
     /// Why the root filesystem could not be set up: every exec is refused with it.
     pub(crate) rootfs_error: Option<String>,
+    /// PID 1's boot marks, as it encoded them.
+    pub(crate) boot: String,
 }
 
 static DEFAULTS: OnceLock<Defaults> = OnceLock::new();
@@ -33,7 +35,13 @@ pub(crate) fn take() {
     if let Ok(v) = std::env::var(server_env::ROOTFS_ERROR) {
         d.rootfs_error = Some(v);
     }
-    for k in [server_env::CWD, server_env::USER, server_env::ROOTFS_ERROR] {
+    d.boot = std::env::var(server_env::BOOT).unwrap_or_default();
+    for k in [
+        server_env::CWD,
+        server_env::USER,
+        server_env::ROOTFS_ERROR,
+        server_env::BOOT,
+    ] {
         // SAFETY: called by `run` before it starts any thread: nothing else reads or writes the
         // environment concurrently.
         unsafe { std::env::remove_var(k) };

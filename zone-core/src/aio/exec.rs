@@ -3,10 +3,10 @@
 //! wakes the task that waits on a connection); no thread waits on behalf of a call.
 
 use super::frames::{FrameReader, encode};
-use crate::devices::virtio::vsock::backend::{Stream, VsockError};
+use crate::devices::virtio::vsock::backend::{Backend, Stream, VsockError};
 use crate::exec::{
-    AGENT_ANSWER_TIMEOUT, AgentInfo, Attempt, Command, DEFAULT_READY_TIMEOUT, ExecError,
-    ExitStatus, FIRST_RETRY_PAUSE, FOREVER, MAX_RETRY_PAUSE, Output, ProcessEvent,
+    AGENT_ANSWER_TIMEOUT, AGENT_BUSY_LIMIT, AgentInfo, Attempt, Command, DEFAULT_READY_TIMEOUT,
+    ExecError, ExitStatus, FIRST_RETRY_PAUSE, FOREVER, MAX_RETRY_PAUSE, Output, ProcessEvent,
     STOP_REPORT_WAIT, decode_event, lost, to_io,
 };
 use crate::exit::ZoneExit;
@@ -319,9 +319,71 @@ impl ZoneHandle {
         }
     }
 
+    /// [`ZoneHandle::boot_report`] as a future: asks the agent for its marks as a task.
+    pub async fn boot_report_async(&self) -> crate::BootReport {
+        let clock = &self.shared.boot;
+        if clock.guest().is_none()
+            && let Some(marks) = self.fetch_boot_marks_async().await
+        {
+            clock.set_guest(marks);
+        }
+        self.boot_report_now()
+    }
+
+    async fn fetch_boot_marks_async(&self) -> Option<Vec<(String, Duration)>> {
+        let backend = self
+            .shared
+            .devices
+            .find::<crate::devices::virtio::vsock::backend::Backend>()?;
+        if !backend.agent_seen() || self.ended_exit().is_some() {
+            return None;
+        }
+        let deadline = Instant::now() + AGENT_ANSWER_TIMEOUT;
+        let stream = self
+            .agent_stream_async(AGENT_ANSWER_TIMEOUT, deadline)
+            .await
+            .ok()?;
+        write_whole(self, &stream, &encode(kind::BOOT, &[]), deadline)
+            .await
+            .ok()?;
+        let mut frames = FrameReader::default();
+        match read_frame(self, &stream, &mut frames, deadline)
+            .await
+            .ok()??
+        {
+            (kind::BOOT_TIMES, payload) => Some(crate::boot_report::guest_marks(&payload)),
+            _ => None,
+        }
+    }
+
     /// [`ZoneHandle::wait`] as a future: the zone's exit, once every vCPU has stopped.
     pub async fn wait_async(&self) -> ZoneExit {
         poll_fn(|cx| self.shared.control.poll_wait(cx)).await
+    }
+
+    /// [`read_frame`] for the agent's first answer on a connection: each wait is bounded by
+    /// [`AGENT_ANSWER_TIMEOUT`], renewed while the agent keeps sending on other connections,
+    /// up to `hard`.
+    async fn read_answer(
+        &self,
+        stream: &Stream,
+        frames: &mut FrameReader,
+        hard: Instant,
+    ) -> Result<Option<(u8, Vec<u8>)>, ExecError> {
+        let backend = self.shared.devices.find::<Backend>();
+        loop {
+            let step = (Instant::now() + AGENT_ANSWER_TIMEOUT).min(hard);
+            let read = poll_fn(|cx| frames.poll_frame(|buf| stream.poll_read(cx, buf)));
+            match tokio::time::timeout_at(step.into(), read).await {
+                Ok(frame) => return frame.map_err(|e| lost(self, e)),
+                Err(_)
+                    if Instant::now() < hard
+                        && backend
+                            .as_ref()
+                            .is_some_and(|b| b.heard_within(AGENT_ANSWER_TIMEOUT)) => {}
+                Err(_) => return Err(lost(self, io::ErrorKind::TimedOut.into())),
+            }
+        }
     }
 
     async fn start_async(&self, cmd: &Command, stdin: bool) -> Result<AsyncProcess, ExecError> {
@@ -331,14 +393,15 @@ impl ZoneHandle {
             .agent_stream_async(DEFAULT_READY_TIMEOUT, deadline.unwrap_or(now + FOREVER))
             .await?;
         let stream = Arc::new(stream);
-        // The agent answers at once; one that does not is lost.
-        let answer_by = Instant::now() + AGENT_ANSWER_TIMEOUT;
+        // The agent answers at once; one that says nothing at all is lost.
+        let answer_by = Instant::now() + AGENT_BUSY_LIMIT;
         let answer_by = deadline.map_or(answer_by, |d| d.min(answer_by));
         let request = encode(kind::EXEC, &cmd.request(stdin).encode());
         write_whole(self, &stream, &request, answer_by).await?;
         let mut frames = FrameReader::default();
-        let pid = match read_frame(self, &stream, &mut frames, answer_by).await? {
+        let pid = match self.read_answer(&stream, &mut frames, answer_by).await? {
             Some((kind::STARTED, p)) if p.len() == 4 => {
+                self.shared.boot.command_started();
                 u32::from_le_bytes([p[0], p[1], p[2], p[3]])
             }
             Some((kind::ERROR, message)) => {

@@ -563,7 +563,9 @@ pub(crate) fn build(
         mmio,
         shared: shared.clone(),
     });
-    s.launch(vm, shared, vcpus, exits)
+    let zone = s.launch(vm, shared, vcpus, exits)?;
+    zone.shared.boot.launched(phases.into_list());
+    Ok(zone)
 }
 
 /// Writes boot tables, kernel, initramfs, command line and boot parameters into guest memory.

@@ -205,7 +205,9 @@ pub(crate) fn build(
         dispatcher,
         shared: shared.clone(),
     });
-    s.launch(vm, shared, vcpus, exits)
+    let zone = s.launch(vm, shared, vcpus, exits)?;
+    zone.shared.boot.launched(phases.into_list());
+    Ok(zone)
 }
 
 /// Sets up vCPU `index` to start the program at CPL3.

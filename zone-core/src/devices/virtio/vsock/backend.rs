@@ -145,6 +145,13 @@ pub(crate) struct Backend {
     kick: EventFd,
     /// The agent has answered a connection since the zone started.
     agent_seen: std::sync::atomic::AtomicBool,
+    /// When the agent first answered, and when the guest's driver first started the device
+    /// (the zone's boot report).
+    agent_seen_at: std::sync::OnceLock<Instant>,
+    driver_ready_at: std::sync::OnceLock<Instant>,
+    /// When the guest last sent a packet (nanoseconds since `born`): a busy agent is alive.
+    last_heard: std::sync::atomic::AtomicU64,
+    born: Instant,
 }
 
 impl Backend {
@@ -158,6 +165,10 @@ impl Backend {
             cv: Condvar::new(),
             kick: EventFd::new(libc::EFD_NONBLOCK)?,
             agent_seen: std::sync::atomic::AtomicBool::new(false),
+            agent_seen_at: std::sync::OnceLock::new(),
+            driver_ready_at: std::sync::OnceLock::new(),
+            last_heard: std::sync::atomic::AtomicU64::new(0),
+            born: Instant::now(),
         })
     }
 
@@ -165,6 +176,31 @@ impl Backend {
     pub(crate) fn mark_agent_seen(&self) {
         self.agent_seen
             .store(true, std::sync::atomic::Ordering::Relaxed);
+        let _ = self.agent_seen_at.get_or_init(Instant::now);
+    }
+
+    /// Whether the guest sent anything on any connection within `within` (a busy agent is
+    /// still alive).
+    pub(crate) fn heard_within(&self, within: std::time::Duration) -> bool {
+        let last = self.last_heard.load(std::sync::atomic::Ordering::Relaxed);
+        last != 0
+            && self.born.elapsed().as_nanos() as u64
+                <= last.saturating_add(within.as_nanos() as u64)
+    }
+
+    /// When the agent first answered.
+    pub(crate) fn agent_seen_at(&self) -> Option<Instant> {
+        self.agent_seen_at.get().copied()
+    }
+
+    /// The guest's driver started the device (the first time counts).
+    pub(crate) fn driver_ready(&self) {
+        let _ = self.driver_ready_at.get_or_init(Instant::now);
+    }
+
+    /// When the guest's driver first started the device.
+    pub(crate) fn driver_ready_at(&self) -> Option<Instant> {
+        self.driver_ready_at.get().copied()
     }
 
     /// Whether the agent has answered a connection since the zone started.
@@ -323,6 +359,9 @@ impl Backend {
         if hdr.dst_cid != HOST_CID || hdr.src_cid != self.guest_cid {
             return; // Misaddressed: drop it.
         }
+        let now = (self.born.elapsed().as_nanos() as u64).max(1);
+        self.last_heard
+            .store(now, std::sync::atomic::Ordering::Relaxed);
         let mut st = self.lock();
         let wake = self.apply(&mut st, hdr, payload);
         let wakers = st.take_wakers(hdr.dst_port);
@@ -734,7 +773,15 @@ mod tests {
     #[test]
     fn refused_connections_and_guest_initiated_requests() {
         let b = Arc::new(Backend::new(GUEST).unwrap());
+        assert!(
+            !b.heard_within(std::time::Duration::from_secs(3600)),
+            "nothing heard yet"
+        );
         let (stream, _) = connect(&b, Op::Rst);
+        assert!(
+            b.heard_within(std::time::Duration::from_secs(10)),
+            "the RST was heard"
+        );
         assert_eq!(stream.err(), Some(VsockError::Refused));
         // The guest tries to connect to the host: refused with RST.
         b.on_guest_packet(&guest(Op::Request, 5000, 80, 0), &[]);

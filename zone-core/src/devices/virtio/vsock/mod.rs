@@ -59,6 +59,7 @@ impl VirtioDevice for Vsock {
             .queues
             .try_into()
             .map_err(|_| ActivateError("vsock needs exactly three queues".into()))?;
+        self.backend.driver_ready();
         let handler = VsockQueues {
             mem: a.mem,
             rx,

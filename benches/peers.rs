@@ -1,0 +1,240 @@
+//! The peers of the fair boot bench: Cloud Hypervisor, Firecracker and QEMU `-M microvm,rtc=on`
+//! booting the same kernel, 1 vCPU and 256 MiB, to a busybox `/init` that prints a marker on the
+//! serial console; timed from process spawn to the marker line. Binaries: Cloud Hypervisor and
+//! Firecracker from `$ZONES_PEERS_DIR/bin` (default `../shared/peers/bin` beside the checkout),
+//! QEMU from `PATH`. A peer whose binary or kernel form is absent is skipped, and the bench says
+//! so.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The line each peer's `/init` prints.
+const MARKER: &str = "ZONES-PEER-READY";
+/// The same command line for every peer.
+const CMDLINE: &str = "console=ttyS0 quiet panic=-1 rdinit=/init";
+/// A boot that takes longer than this failed.
+const BOOT_LIMIT: Duration = Duration::from_secs(120);
+
+/// One way to boot a kernel.
+#[derive(Clone, Debug)]
+pub struct Peer {
+    /// `VMM (kernel form)`.
+    pub label: String,
+    program: PathBuf,
+    args: Vec<String>,
+}
+
+/// Where the peers' binaries are.
+fn peers_bin() -> PathBuf {
+    std::env::var_os("ZONES_PEERS_DIR")
+        .map_or_else(
+            || Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/peers"),
+            PathBuf::from,
+        )
+        .join("bin")
+}
+
+/// A busybox initramfs whose /init prints the marker and powers off, in `dir`.
+pub fn initramfs(dir: &Path) -> Option<PathBuf> {
+    let root = dir.join("peer-root");
+    std::fs::create_dir_all(root.join("bin")).ok()?;
+    std::fs::copy("/bin/busybox", root.join("bin/busybox")).ok()?;
+    std::fs::write(
+        root.join("init"),
+        format!("#!/bin/busybox sh\n/bin/busybox echo {MARKER}\n/bin/busybox poweroff -f\n"),
+    )
+    .ok()?;
+    let cmd = format!(
+        "chmod +x {root}/init && cd {root} && find . | cpio -o -H newc --quiet > {out}",
+        root = root.display(),
+        out = dir.join("peer.cpio").display()
+    );
+    let ok = Command::new("sh")
+        .args(["-c", &cmd])
+        .status()
+        .ok()?
+        .success();
+    ok.then(|| dir.join("peer.cpio"))
+}
+
+/// The ELF vmlinux inside `bzimage` (xz, gzip or zstd payload), written to `out`.
+pub fn extract_vmlinux(bzimage: &Path, out: &Path) -> Option<PathBuf> {
+    let image = std::fs::read(bzimage).ok()?;
+    for (magic, tool) in [
+        (&b"\xfd7zXZ\0"[..], "xz"),
+        (&b"\x1f\x8b\x08"[..], "gzip"),
+        (&b"\x28\xb5\x2f\xfd"[..], "zstd"),
+    ] {
+        let Some(at) = image.windows(magic.len()).position(|w| w == magic) else {
+            continue;
+        };
+        let mut child = Command::new(tool)
+            .args(["-dc"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .ok()?;
+        let mut stdin = child.stdin.take()?;
+        let payload = image[at..].to_vec();
+        let feeder = std::thread::spawn(move || {
+            use std::io::Write;
+            let _ = stdin.write_all(&payload);
+        });
+        let output = child.wait_with_output().ok()?;
+        let _ = feeder.join();
+        if output.stdout.starts_with(b"\x7fELF") {
+            std::fs::write(out, &output.stdout).ok()?;
+            return Some(out.to_path_buf());
+        }
+    }
+    None
+}
+
+/// The peers that can boot this kernel here; the others are named in the second list with why.
+pub fn peers(
+    bzimage: &Path,
+    vmlinux: Option<&Path>,
+    initrd: &Path,
+    work: &Path,
+) -> (Vec<Peer>, Vec<String>) {
+    let bin = peers_bin();
+    let (ch, fc) = (bin.join("cloud-hypervisor"), bin.join("firecracker"));
+    let (mut found, mut skipped) = (Vec::new(), Vec::new());
+    let s = |p: &Path| p.display().to_string();
+    if ch.is_file() {
+        let ch_args = |kernel: &Path| {
+            vec![
+                "--kernel".into(),
+                s(kernel),
+                "--initramfs".into(),
+                s(initrd),
+                "--cmdline".into(),
+                CMDLINE.into(),
+                "--cpus".into(),
+                "boot=1".into(),
+                "--memory".into(),
+                "size=256M".into(),
+                "--serial".into(),
+                "tty".into(),
+                "--console".into(),
+                "off".into(),
+            ]
+        };
+        found.push(Peer {
+            label: "Cloud Hypervisor (bzImage)".into(),
+            program: ch.clone(),
+            args: ch_args(bzimage),
+        });
+        // It boots a vmlinux only through a PVH note; one without fails the warm-up round.
+        match vmlinux {
+            Some(v) => found.push(Peer {
+                label: "Cloud Hypervisor (vmlinux, PVH)".into(),
+                program: ch.clone(),
+                args: ch_args(v),
+            }),
+            None => skipped.push("Cloud Hypervisor (vmlinux): no vmlinux".into()),
+        }
+    } else {
+        skipped.push(format!("Cloud Hypervisor: no {}", ch.display()));
+    }
+    match (fc.is_file(), vmlinux) {
+        (true, Some(v)) => {
+            let config = work.join(format!("fc-{}.json", found.len()));
+            let json = format!(
+                r#"{{"boot-source": {{"kernel_image_path": "{}", "initrd_path": "{}", "boot_args": "{CMDLINE}"}}, "drives": [], "machine-config": {{"vcpu_count": 1, "mem_size_mib": 256}}}}"#,
+                s(v),
+                s(initrd)
+            );
+            if std::fs::write(&config, json).is_ok() {
+                found.push(Peer {
+                    label: "Firecracker (vmlinux)".into(),
+                    program: fc,
+                    args: vec!["--no-api".into(), "--config-file".into(), s(&config)],
+                });
+            }
+        }
+        (true, None) => skipped.push("Firecracker: it boots only an ELF vmlinux, none here".into()),
+        (false, _) => skipped.push(format!("Firecracker: no {}", fc.display())),
+    }
+    if Command::new("qemu-system-x86_64")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+    {
+        let mut args: Vec<String> = [
+            "-accel",
+            "kvm",
+            "-M",
+            "microvm,rtc=on",
+            "-cpu",
+            "host,-xsave",
+            "-m",
+            "256M",
+            "-smp",
+            "1",
+            "-kernel",
+        ]
+        .map(String::from)
+        .to_vec();
+        args.extend([s(bzimage), "-initrd".into(), s(initrd), "-append".into()]);
+        args.push(CMDLINE.into());
+        args.extend(
+            [
+                "-nodefaults",
+                "-no-reboot",
+                "-serial",
+                "stdio",
+                "-display",
+                "none",
+                "-monitor",
+                "none",
+            ]
+            .map(String::from),
+        );
+        found.push(Peer {
+            label: "QEMU microvm rtc=on (bzImage)".into(),
+            program: "qemu-system-x86_64".into(),
+            args,
+        });
+    } else {
+        skipped.push("QEMU: qemu-system-x86_64 is not installed".into());
+    }
+    (found, skipped)
+}
+
+impl Peer {
+    /// Spawn to marker, or None when the peer failed or took over [`BOOT_LIMIT`].
+    pub fn boot(&self) -> Option<Duration> {
+        let started = Instant::now();
+        let mut child = Command::new(&self.program)
+            .args(&self.args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .ok()?;
+        let stdout = child.stdout.take()?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        let reader = std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                match line {
+                    Ok(l) if l.contains(MARKER) => {
+                        let _ = tx.send(started.elapsed());
+                        return;
+                    }
+                    Ok(_) => {}
+                    Err(_) => return,
+                }
+            }
+        });
+        let ready = rx.recv_timeout(BOOT_LIMIT).ok();
+        let _ = child.kill();
+        let _ = child.wait();
+        let _ = reader.join();
+        ready
+    }
+}
