@@ -12,6 +12,7 @@ mod disk;
 mod exits;
 mod initramfs;
 pub(crate) mod layout;
+mod payload;
 pub(crate) mod rootfs;
 
 pub use acpi::AcpiError;
@@ -51,6 +52,14 @@ enum Image {
 }
 
 impl Image {
+    /// The file it is read from, if it is one.
+    fn path(&self) -> Option<&Path> {
+        match self {
+            Image::Path(p) => Some(p),
+            Image::Bytes(_) => None,
+        }
+    }
+
     fn read(&self, what: &'static str) -> Result<Arc<[u8]>, LinuxError> {
         match self {
             Image::Bytes(b) => Ok(b.clone()),
@@ -98,6 +107,7 @@ pub struct LinuxBoot {
     rootfs: Option<Box<Rootfs>>,
     cmdline: Vec<String>,
     hide_xsave: bool,
+    host_decompress: bool,
 }
 
 /// Why a Linux zone could not be prepared.
@@ -208,6 +218,7 @@ impl LinuxBoot {
             rootfs: None,
             cmdline: Vec::new(),
             hide_xsave: false,
+            host_decompress: true,
         }
     }
 
@@ -311,6 +322,18 @@ impl LinuxBoot {
     /// Appends arguments to the kernel command line (after [`BASE_CMDLINE`]).
     pub fn cmdline(mut self, args: impl Into<String>) -> Self {
         self.cmdline.push(args.into());
+        self
+    }
+
+    /// Whether a bzImage's kernel is decompressed on the host (default: yes), so that the guest
+    /// starts the kernel itself instead of the bzImage's decompressor. The decompressed kernel
+    /// is cached in the process (the two newest kernels), so only a kernel's first zone pays
+    /// for it. gzip and zstd payloads are decompressed in-process, xz ones by the `xz` program
+    /// (their x86 BCJ filter is beyond the pure-Rust decoder); any other payload, or no `xz`,
+    /// boots as the bzImage it is. The guest then runs at the kernel's link address (no KASLR
+    /// of the kernel image, as with Firecracker's and Cloud Hypervisor's vmlinux boots).
+    pub fn decompress_on_host(mut self, on: bool) -> Self {
+        self.host_decompress = on;
         self
     }
 
@@ -492,6 +515,19 @@ pub(crate) fn build(
     let guest = attachments.prepare(&s.zone)?;
     let kernel_image = boot.kernel.read("kernel").map_err(err)?;
     phases.done("kernel read");
+    let kernel_image = match boot.host_decompress {
+        true => match payload::vmlinux(boot.kernel.path(), &kernel_image) {
+            Ok(vmlinux) => {
+                phases.done("kernel decompressed (host)");
+                vmlinux
+            }
+            Err(kept) => {
+                tracing::debug!(target: "zones::build", zone = %s.zone, reason = ?kept, "kernel left compressed");
+                kernel_image
+            }
+        },
+        false => kernel_image,
+    };
     let rootfs = match &boot.rootfs {
         Some(r) => Some(
             r.prepare()

@@ -1,0 +1,252 @@
+//! A bzImage's kernel decompressed on the host, so the guest starts the kernel itself instead of
+//! first running the bzImage's decompressor (under emulation that decompression is most of a
+//! Debian kernel's boot; on hardware it is still tens of milliseconds per zone). The result, an
+//! ELF vmlinux, is kept in a process-wide cache, so every zone after the first one of a kernel
+//! skips the work.
+//!
+//! Formats: gzip (flate2) and zstd (ruzstd) in-process; xz through the `xz` program, because a
+//! kernel's xz payload uses the x86 BCJ filter, which the pure-Rust xz decoder does not know.
+//! Without `xz`, or for another format (lz4, lzo, bzip2), the bzImage boots as it is: the guest
+//! decompresses it, as it always did. Nothing about the zone's isolation changes either way.
+
+use super::decompress::{Compression, decompress};
+use std::collections::VecDeque;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+/// Largest vmlinux accepted (Debian's is about 66 MB).
+const MAX_VMLINUX: usize = 512 << 20;
+/// Kernels kept decompressed at once.
+const CACHED_KERNELS: usize = 2;
+
+/// How a bzImage's payload is compressed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Format {
+    Gzip,
+    Xz,
+    Zstd,
+    /// Something else (lz4, lzo, bzip2, lzma): left to the guest.
+    Other,
+}
+
+/// The compressed payload of a bzImage (boot protocol 2.08 and later say where it is), and its
+/// format by magic number.
+pub(crate) fn payload(image: &[u8]) -> Option<(Format, &[u8])> {
+    if image.get(0x202..0x206)? != b"HdrS" {
+        return None;
+    }
+    let version = u16::from_le_bytes([image[0x206], image[0x207]]);
+    if version < 0x208 {
+        return None;
+    }
+    let u32_at = |at: usize| -> Option<usize> {
+        let b = image.get(at..at + 4)?;
+        Some(u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize)
+    };
+    let setup_sects = match *image.get(0x1f1)? {
+        0 => 4,
+        n => usize::from(n),
+    };
+    let start = (setup_sects + 1)
+        .checked_mul(512)?
+        .checked_add(u32_at(0x248)?)?;
+    let payload = image.get(start..start.checked_add(u32_at(0x24c)?)?)?;
+    let format = if payload.starts_with(b"\x1f\x8b") {
+        Format::Gzip
+    } else if payload.starts_with(b"\xfd7zXZ\0") {
+        Format::Xz
+    } else if payload.starts_with(b"\x28\xb5\x2f\xfd") {
+        Format::Zstd
+    } else {
+        Format::Other
+    };
+    Some((format, payload))
+}
+
+/// Why the host did not decompress a kernel (it then boots as it is).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Kept {
+    /// Not a bzImage (an ELF vmlinux already, or unknown).
+    NotBzImage,
+    /// A payload format the host does not decompress.
+    Format,
+    /// The `xz` program is missing or failed.
+    Xz(String),
+    /// The payload did not decompress to an ELF image within the bound.
+    Corrupt(String),
+}
+
+/// Which kernel a cached vmlinux came from.
+#[derive(Clone, PartialEq, Eq)]
+enum Key {
+    File(PathBuf, u64, Option<SystemTime>),
+    /// An image given in memory, by its SHA-256.
+    Bytes([u8; 32]),
+}
+
+static CACHE: Mutex<VecDeque<(Key, Arc<[u8]>)>> = Mutex::new(VecDeque::new());
+
+/// The key of a kernel read from `path` (its metadata now) or given as `image`.
+fn key(path: Option<&Path>, image: &[u8]) -> Key {
+    match path.and_then(|p| Some((p, std::fs::metadata(p).ok()?))) {
+        Some((p, meta)) => Key::File(p.to_owned(), meta.len(), meta.modified().ok()),
+        None => {
+            use sha2::Digest;
+            Key::Bytes(sha2::Sha256::digest(image).into())
+        }
+    }
+}
+
+/// The vmlinux inside `image` (read from `path`, when it was), decompressed on the host or taken
+/// from the cache; `Err` says why the image should boot as it is.
+pub(crate) fn vmlinux(path: Option<&Path>, image: &[u8]) -> Result<Arc<[u8]>, Kept> {
+    let Some((format, data)) = payload(image) else {
+        return Err(Kept::NotBzImage);
+    };
+    let key = key(path, image);
+    let cache = CACHE.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((_, vmlinux)) = cache.iter().find(|(k, _)| *k == key) {
+        return Ok(vmlinux.clone());
+    }
+    drop(cache);
+    let vmlinux: Arc<[u8]> = decompress_payload(format, data)?.into();
+    if !vmlinux.starts_with(b"\x7fELF") {
+        return Err(Kept::Corrupt("the payload is not an ELF image".into()));
+    }
+    let mut cache = CACHE.lock().unwrap_or_else(|e| e.into_inner());
+    if cache.len() == CACHED_KERNELS {
+        cache.pop_front();
+    }
+    cache.push_back((key, vmlinux.clone()));
+    Ok(vmlinux)
+}
+
+fn decompress_payload(format: Format, data: &[u8]) -> Result<Vec<u8>, Kept> {
+    // The kernel's payloads end with the decompressed size (4 bytes) after the stream; the
+    // decoders stop at the stream's end.
+    let corrupt = |e: super::decompress::DecompressError| Kept::Corrupt(e.to_string());
+    match format {
+        Format::Gzip => decompress(Compression::Gzip, data, MAX_VMLINUX).map_err(corrupt),
+        Format::Zstd => decompress(Compression::Zstd, data, MAX_VMLINUX).map_err(corrupt),
+        Format::Xz => xz(data),
+        Format::Other => Err(Kept::Format),
+    }
+}
+
+/// `xz -dc` over `data`, bounded. The kernel's stream is followed by its size, which xz reports
+/// as trailing garbage after a complete stream: the output counts once it is an ELF image.
+fn xz(data: &[u8]) -> Result<Vec<u8>, Kept> {
+    let mut child = std::process::Command::new("xz")
+        .args(["-dc", "--single-stream"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .map_err(|e| Kept::Xz(format!("cannot run xz: {e}")))?;
+    let mut stdin = child
+        .stdin
+        .take()
+        .ok_or_else(|| Kept::Xz("no pipe to xz".into()))?;
+    let input = data.to_vec();
+    let feeder = std::thread::spawn(move || {
+        let _ = stdin.write_all(&input);
+    });
+    let mut out = Vec::new();
+    let read = child
+        .stdout
+        .take()
+        .ok_or_else(|| Kept::Xz("no pipe from xz".into()))?
+        .take(MAX_VMLINUX as u64 + 1)
+        .read_to_end(&mut out);
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = feeder.join();
+    read.map_err(|e| Kept::Xz(format!("reading xz's output: {e}")))?;
+    if out.len() > MAX_VMLINUX {
+        return Err(Kept::Corrupt(format!("over {MAX_VMLINUX} bytes")));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A bzImage-shaped header with `payload` at the place the header says.
+    fn bzimage(payload: &[u8]) -> Vec<u8> {
+        let mut image = vec![0u8; 0x1000];
+        image[0x1f1] = 3; // setup sectors: the payload area starts at 4 * 512
+        image[0x202..0x206].copy_from_slice(b"HdrS");
+        image[0x206..0x208].copy_from_slice(&0x20fu16.to_le_bytes());
+        image[0x248..0x24c].copy_from_slice(&0x100u32.to_le_bytes());
+        image[0x24c..0x250].copy_from_slice(&(payload.len() as u32).to_le_bytes());
+        image.resize(4 * 512 + 0x100, 0);
+        image.extend_from_slice(payload);
+        image.extend_from_slice(&[0; 4]); // the kernel's trailing size
+        image
+    }
+
+    fn gzip(data: &[u8]) -> Vec<u8> {
+        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        enc.write_all(data).unwrap();
+        enc.finish().unwrap()
+    }
+
+    #[test]
+    fn a_gzip_payload_becomes_its_elf_and_is_cached() {
+        let elf = [b"\x7fELF".as_slice(), &[7u8; 5000]].concat();
+        let image = bzimage(&gzip(&elf));
+        let (format, _) = payload(&image).unwrap();
+        assert_eq!(format, Format::Gzip);
+        let first = vmlinux(None, &image).unwrap();
+        assert_eq!(&first[..], &elf[..]);
+        let again = vmlinux(None, &image).unwrap();
+        assert!(
+            Arc::ptr_eq(&first, &again),
+            "the second zone takes it from the cache"
+        );
+    }
+
+    #[test]
+    fn what_cannot_be_decompressed_boots_as_it_is() {
+        assert_eq!(vmlinux(None, b"\x7fELF...").err(), Some(Kept::NotBzImage));
+        assert_eq!(
+            vmlinux(None, &bzimage(b"BZh91AY&SY")).err(),
+            Some(Kept::Format)
+        );
+        let not_elf = bzimage(&gzip(b"not a kernel"));
+        assert!(matches!(vmlinux(None, &not_elf), Err(Kept::Corrupt(_))));
+        let corrupt = bzimage(b"\x1f\x8b\x08\x00garbage");
+        assert!(matches!(vmlinux(None, &corrupt), Err(Kept::Corrupt(_))));
+        // A header that points outside the image.
+        let mut lying = bzimage(b"\x1f\x8b");
+        lying[0x24c..0x250].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert_eq!(payload(&lying), None);
+        assert_eq!(vmlinux(None, &lying).err(), Some(Kept::NotBzImage));
+    }
+
+    #[test]
+    fn the_hosts_kernel_decompresses_to_its_elf() {
+        let Some(path) = std::fs::read_dir("/boot").ok().and_then(|d| {
+            d.filter_map(Result::ok)
+                .map(|e| e.path())
+                .find(|p| p.to_string_lossy().contains("vmlinuz-"))
+        }) else {
+            eprintln!("SKIPPED the_hosts_kernel_decompresses_to_its_elf: no /boot/vmlinuz-*");
+            return;
+        };
+        let Ok(image) = std::fs::read(&path) else {
+            eprintln!("SKIPPED the_hosts_kernel_decompresses_to_its_elf: cannot read {path:?}");
+            return;
+        };
+        match vmlinux(Some(&path), &image) {
+            Ok(elf) => assert!(elf.len() > image.len(), "{} bytes", elf.len()),
+            Err(Kept::Xz(why)) => {
+                eprintln!("SKIPPED the_hosts_kernel_decompresses_to_its_elf: {why}")
+            }
+            Err(other) => panic!("{}: {other:?}", path.display()),
+        }
+    }
+}
