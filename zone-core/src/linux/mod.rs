@@ -327,8 +327,8 @@ impl LinuxBoot {
 
     /// Whether a bzImage's kernel is decompressed on the host (default: yes), so that the guest
     /// starts the kernel itself instead of the bzImage's decompressor. The decompressed kernel
-    /// is cached in the process (the two newest kernels), so only a kernel's first zone pays
-    /// for it. gzip and zstd payloads are decompressed in-process, xz ones by the `xz` program
+    /// is cached on disk (`kernels/` in the directory [`Rootfs::cache_dir`] describes), so only
+    /// a kernel's first zone pays for it; nothing of it stays in memory. gzip and zstd payloads are decompressed in-process, xz ones by the `xz` program
     /// (their x86 BCJ filter is beyond the pure-Rust decoder); any other payload, or no `xz`,
     /// boots as the bzImage it is. The guest then runs at the kernel's link address (no KASLR
     /// of the kernel image, as with Firecracker's and Cloud Hypervisor's vmlinux boots).
@@ -516,10 +516,14 @@ pub(crate) fn build(
     let kernel_image = boot.kernel.read("kernel").map_err(err)?;
     phases.done("kernel read");
     let kernel_image = match boot.host_decompress {
-        true => match payload::vmlinux(boot.kernel.path(), &kernel_image) {
+        true => match payload::vmlinux(
+            boot.kernel.path(),
+            &kernel_image,
+            Some(&payload::cache_dir()),
+        ) {
             Ok(vmlinux) => {
                 phases.done("kernel decompressed (host)");
-                vmlinux
+                vmlinux.into()
             }
             Err(kept) => {
                 tracing::debug!(target: "zones::build", zone = %s.zone, reason = ?kept, "kernel left compressed");

@@ -1,8 +1,11 @@
 //! A bzImage's kernel decompressed on the host, so the guest starts the kernel itself instead of
 //! first running the bzImage's decompressor (under emulation that decompression is most of a
 //! Debian kernel's boot; on hardware it is still tens of milliseconds per zone). The result, an
-//! ELF vmlinux, is kept in a process-wide cache, so every zone after the first one of a kernel
-//! skips the work.
+//! ELF vmlinux, is kept in the zones cache directory (`kernels/`, see
+//! [`Rootfs::cache_dir`](crate::Rootfs::cache_dir) for where that is), so every zone after the
+//! first one of a kernel, in this process or another, skips the work; the process keeps
+//! nothing of it in memory once the zone is built. Where the cache directory is not writable,
+//! every zone decompresses again.
 //!
 //! Formats: gzip (flate2) and zstd (ruzstd) in-process; xz through the `xz` program, because a
 //! kernel's xz payload uses the x86 BCJ filter, which the pure-Rust xz decoder does not know.
@@ -10,16 +13,12 @@
 //! decompresses it, as it always did. Nothing about the zone's isolation changes either way.
 
 use super::decompress::{Compression, decompress};
-use std::collections::VecDeque;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 /// Largest vmlinux accepted (Debian's is about 66 MB).
 const MAX_VMLINUX: usize = 512 << 20;
-/// Kernels kept decompressed at once.
-const CACHED_KERNELS: usize = 2;
 
 /// How a bzImage's payload is compressed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -78,49 +77,74 @@ pub(crate) enum Kept {
     Corrupt(String),
 }
 
-/// Which kernel a cached vmlinux came from.
-#[derive(Clone, PartialEq, Eq)]
-enum Key {
-    File(PathBuf, u64, Option<SystemTime>),
-    /// An image given in memory, by its SHA-256.
-    Bytes([u8; 32]),
-}
-
-static CACHE: Mutex<VecDeque<(Key, Arc<[u8]>)>> = Mutex::new(VecDeque::new());
-
-/// The key of a kernel read from `path` (its metadata now) or given as `image`.
-fn key(path: Option<&Path>, image: &[u8]) -> Key {
+/// The cache file name of a kernel read from `path` (by its path, size and modification time)
+/// or given as `image` (by its SHA-256).
+fn cache_name(path: Option<&Path>, image: &[u8]) -> String {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
     match path.and_then(|p| Some((p, std::fs::metadata(p).ok()?))) {
-        Some((p, meta)) => Key::File(p.to_owned(), meta.len(), meta.modified().ok()),
-        None => {
-            use sha2::Digest;
-            Key::Bytes(sha2::Sha256::digest(image).into())
+        Some((p, meta)) => {
+            let modified = meta
+                .modified()
+                .ok()
+                .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
+                .map_or(0, |d| d.as_nanos());
+            h.update(format!("file\0{}\0{}\0{modified}", p.display(), meta.len()));
         }
+        None => h.update(image),
     }
+    let digest: [u8; 32] = h.finalize().into();
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    format!("{hex}.vmlinux")
 }
 
-/// The vmlinux inside `image` (read from `path`, when it was), decompressed on the host or taken
-/// from the cache; `Err` says why the image should boot as it is.
-pub(crate) fn vmlinux(path: Option<&Path>, image: &[u8]) -> Result<Arc<[u8]>, Kept> {
+/// The vmlinux inside `image` (read from `path`, when it was), from the cache in `cache` or
+/// decompressed now (and then cached there); `Err` says why the image should boot as it is.
+pub(crate) fn vmlinux(
+    path: Option<&Path>,
+    image: &[u8],
+    cache: Option<&Path>,
+) -> Result<Vec<u8>, Kept> {
     let Some((format, data)) = payload(image) else {
         return Err(Kept::NotBzImage);
     };
-    let key = key(path, image);
-    let cache = CACHE.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some((_, vmlinux)) = cache.iter().find(|(k, _)| *k == key) {
-        return Ok(vmlinux.clone());
+    let cached = cache.map(|dir| dir.join(cache_name(path, image)));
+    if let Some(file) = &cached
+        && let Ok(bytes) = std::fs::read(file)
+        && bytes.starts_with(b"\x7fELF")
+        && bytes.len() <= MAX_VMLINUX
+    {
+        return Ok(bytes);
     }
-    drop(cache);
-    let vmlinux: Arc<[u8]> = decompress_payload(format, data)?.into();
+    let vmlinux = decompress_payload(format, data)?;
     if !vmlinux.starts_with(b"\x7fELF") {
         return Err(Kept::Corrupt("the payload is not an ELF image".into()));
     }
-    let mut cache = CACHE.lock().unwrap_or_else(|e| e.into_inner());
-    if cache.len() == CACHED_KERNELS {
-        cache.pop_front();
+    if let Some(file) = &cached {
+        store(file, &vmlinux);
     }
-    cache.push_back((key, vmlinux.clone()));
     Ok(vmlinux)
+}
+
+/// Writes `bytes` to `file` atomically (a temporary file renamed), best effort: a cache that
+/// cannot be written only costs the next zone the decompression.
+fn store(file: &Path, bytes: &[u8]) {
+    let Some(dir) = file.parent() else { return };
+    if std::fs::create_dir_all(dir).is_err() {
+        return;
+    }
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = dir.join(format!(".tmp-{}-{n}", std::process::id()));
+    if std::fs::write(&tmp, bytes).is_ok() && std::fs::rename(&tmp, file).is_ok() {
+        return;
+    }
+    let _ = std::fs::remove_file(&tmp);
+}
+
+/// The kernel cache directory: `kernels/` in the zones cache directory.
+pub(crate) fn cache_dir() -> PathBuf {
+    super::rootfs::default_cache_dir().join("kernels")
 }
 
 fn decompress_payload(format: Format, data: &[u8]) -> Result<Vec<u8>, Kept> {
@@ -194,37 +218,60 @@ mod tests {
         enc.finish().unwrap()
     }
 
+    fn scratch(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("zones-payload-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        dir
+    }
+
     #[test]
-    fn a_gzip_payload_becomes_its_elf_and_is_cached() {
+    fn a_gzip_payload_becomes_its_elf_and_is_cached_on_disk() {
         let elf = [b"\x7fELF".as_slice(), &[7u8; 5000]].concat();
         let image = bzimage(&gzip(&elf));
         let (format, _) = payload(&image).unwrap();
         assert_eq!(format, Format::Gzip);
-        let first = vmlinux(None, &image).unwrap();
-        assert_eq!(&first[..], &elf[..]);
-        let again = vmlinux(None, &image).unwrap();
-        assert!(
-            Arc::ptr_eq(&first, &again),
-            "the second zone takes it from the cache"
-        );
+        let dir = scratch("cache");
+        assert_eq!(vmlinux(None, &image, Some(&dir)).unwrap(), elf);
+        let file = dir.join(cache_name(None, &image));
+        assert_eq!(std::fs::read(&file).unwrap(), elf, "cached");
+        // The next zone reads the cache: a marked cache file proves it was used.
+        let mut marked = elf.clone();
+        marked[4] = 42;
+        std::fs::write(&file, &marked).unwrap();
+        assert_eq!(vmlinux(None, &image, Some(&dir)).unwrap(), marked);
+        // A cache file that is not an ELF image is not trusted: decompressed again.
+        std::fs::write(&file, b"junk").unwrap();
+        assert_eq!(vmlinux(None, &image, Some(&dir)).unwrap(), elf);
+        // No cache directory: decompressed every time.
+        assert_eq!(vmlinux(None, &image, None).unwrap(), elf);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
     fn what_cannot_be_decompressed_boots_as_it_is() {
-        assert_eq!(vmlinux(None, b"\x7fELF...").err(), Some(Kept::NotBzImage));
         assert_eq!(
-            vmlinux(None, &bzimage(b"BZh91AY&SY")).err(),
+            vmlinux(None, b"\x7fELF...", None).err(),
+            Some(Kept::NotBzImage)
+        );
+        assert_eq!(
+            vmlinux(None, &bzimage(b"BZh91AY&SY"), None).err(),
             Some(Kept::Format)
         );
         let not_elf = bzimage(&gzip(b"not a kernel"));
-        assert!(matches!(vmlinux(None, &not_elf), Err(Kept::Corrupt(_))));
+        assert!(matches!(
+            vmlinux(None, &not_elf, None),
+            Err(Kept::Corrupt(_))
+        ));
         let corrupt = bzimage(b"\x1f\x8b\x08\x00garbage");
-        assert!(matches!(vmlinux(None, &corrupt), Err(Kept::Corrupt(_))));
+        assert!(matches!(
+            vmlinux(None, &corrupt, None),
+            Err(Kept::Corrupt(_))
+        ));
         // A header that points outside the image.
         let mut lying = bzimage(b"\x1f\x8b");
         lying[0x24c..0x250].copy_from_slice(&u32::MAX.to_le_bytes());
         assert_eq!(payload(&lying), None);
-        assert_eq!(vmlinux(None, &lying).err(), Some(Kept::NotBzImage));
+        assert_eq!(vmlinux(None, &lying, None).err(), Some(Kept::NotBzImage));
     }
 
     #[test]
@@ -241,7 +288,7 @@ mod tests {
             eprintln!("SKIPPED the_hosts_kernel_decompresses_to_its_elf: cannot read {path:?}");
             return;
         };
-        match vmlinux(Some(&path), &image) {
+        match vmlinux(Some(&path), &image, None) {
             Ok(elf) => assert!(elf.len() > image.len(), "{} bytes", elf.len()),
             Err(Kept::Xz(why)) => {
                 eprintln!("SKIPPED the_hosts_kernel_decompresses_to_its_elf: {why}")

@@ -349,7 +349,7 @@ impl Drop for RemoveOnDrop {
 }
 
 /// `$ZONES_CACHE_DIR`, `$XDG_CACHE_HOME/zones`, `~/.cache/zones`, or a directory in `/tmp`.
-fn default_cache_dir() -> PathBuf {
+pub(crate) fn default_cache_dir() -> PathBuf {
     let var = |name| {
         std::env::var_os(name)
             .filter(|v| !v.is_empty())
