@@ -236,7 +236,9 @@ fn report_memory_and_throughput() {
         ),
     ] {
         let t = Instant::now();
-        let out = zone.exec(&sh(&cmd)).expect("exec");
+        let out = zone
+            .exec(&sh(&cmd))
+            .unwrap_or_else(|e| panic!("{label}: {e}\nconsole:\n{}", zone.console_text()));
         let secs = t.elapsed().as_secs_f64();
         assert_eq!(out.stdout.len() as u64, bytes);
         drop(out);
