@@ -46,7 +46,7 @@ pub mod kind {
     pub const ERROR: u8 = 20;
     /// Agent -> host: answer to `PING`; payload `version: u32` LE, then the kernel release.
     pub const PONG: u8 = 21;
-    /// Agent -> host: answer to `BOOT`; payload: [`boot::encode`]d marks.
+    /// Agent -> host: answer to `BOOT`; payload: [`boot::encode`](super::boot::encode)d marks.
     pub const BOOT_TIMES: u8 = 22;
 }
 
