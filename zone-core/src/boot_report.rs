@@ -181,8 +181,17 @@ impl ZoneHandle {
     }
 }
 
-/// The agent's `BOOT_TIMES` payload as marks (bounded and checked: the guest wrote it).
-pub(crate) fn guest_marks(payload: &[u8]) -> Vec<(String, Duration)> {
+/// The marks in the agent's answer to `BOOT`, if it is a `BOOT_TIMES` frame (bounded and
+/// checked: the guest wrote it).
+pub(crate) fn guest_marks(answer: Option<(u8, Vec<u8>)>) -> Option<Vec<(String, Duration)>> {
+    match answer? {
+        (zone_agent::proto::kind::BOOT_TIMES, payload) => Some(marks_of(&payload)),
+        _ => None,
+    }
+}
+
+/// The marks of a `BOOT_TIMES` payload.
+fn marks_of(payload: &[u8]) -> Vec<(String, Duration)> {
     zone_agent::proto::boot::decode(&String::from_utf8_lossy(payload))
         .into_iter()
         .map(|(name, micros)| (name, Duration::from_micros(micros)))
@@ -199,7 +208,7 @@ mod tests {
             zone: "z".into(),
             build_phases: vec![("kernel read", Duration::from_micros(1500))],
             milestones: vec![("agent answered", Duration::from_millis(120))],
-            guest_marks: guest_marks(b"agent_start=80000\nmounted=81000\nEvil\x1b=1\n"),
+            guest_marks: marks_of(b"agent_start=80000\nmounted=81000\nEvil\x1b=1\n"),
         };
         let text = report.to_string();
         assert!(text.contains("kernel read"), "{text}");

@@ -508,15 +508,24 @@ struct Answer<'a> {
 impl io::Read for Answer<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         loop {
-            let step = (Instant::now() + AGENT_ANSWER_TIMEOUT).min(self.hard);
-            match self.stream.read(buf, step) {
-                Err(VsockError::TimedOut)
-                    if Instant::now() < self.hard
-                        && self.backend.heard_within(AGENT_ANSWER_TIMEOUT) => {}
+            match self.stream.read(buf, answer_step(self.hard)) {
+                Err(VsockError::TimedOut) if agent_busy(self.backend, self.hard) => {}
                 other => return other.map_err(to_io),
             }
         }
     }
+}
+
+/// Until when one wait for the agent's answer goes, at most: [`AGENT_ANSWER_TIMEOUT`], never
+/// past `hard`.
+pub(crate) fn answer_step(hard: Instant) -> Instant {
+    (Instant::now() + AGENT_ANSWER_TIMEOUT).min(hard)
+}
+
+/// Whether a wait for the agent's answer that reached its step goes on: the agent kept sending
+/// on some connection (it is busy, not lost) and `hard` has not passed.
+pub(crate) fn agent_busy(backend: &Backend, hard: Instant) -> bool {
+    Instant::now() < hard && backend.heard_within(AGENT_ANSWER_TIMEOUT)
 }
 
 /// The error for a broken connection: the zone's exit if it stopped, else a lost agent.
@@ -534,6 +543,55 @@ pub(crate) fn lost(zone: &ZoneHandle, e: io::Error) -> ExecError {
 }
 
 impl ZoneHandle {
+    /// The zone's exec channel (its vsock device), or `NoAgent`.
+    pub(crate) fn agent_backend(&self) -> Result<std::sync::Arc<Backend>, ExecError> {
+        self.shared
+            .devices
+            .find::<Backend>()
+            .ok_or_else(|| ExecError::NoAgent {
+                zone: self.name().to_string(),
+            })
+    }
+
+    /// The exec channel, when the zone runs and its agent has answered before: whom to ask for
+    /// the agent's boot marks.
+    pub(crate) fn answered_agent(&self) -> Option<std::sync::Arc<Backend>> {
+        let backend = self.agent_backend().ok()?;
+        (backend.agent_seen() && self.ended_exit().is_none()).then_some(backend)
+    }
+
+    /// The pid in the agent's answer to EXEC (`STARTED`), or why the command did not start.
+    pub(crate) fn started_pid(&self, answer: Option<(u8, Vec<u8>)>) -> Result<u32, ExecError> {
+        match answer {
+            Some((kind::STARTED, p)) if p.len() == 4 => {
+                self.shared.boot.command_started();
+                Ok(u32::from_le_bytes([p[0], p[1], p[2], p[3]]))
+            }
+            Some((kind::ERROR, message)) => Err(ExecError::Spawn {
+                zone: self.name().to_string(),
+                message: String::from_utf8_lossy(&message).into_owned(),
+            }),
+            _ => Err(ExecError::Protocol {
+                zone: self.name().to_string(),
+                detail: "expected STARTED".into(),
+            }),
+        }
+    }
+
+    /// The agent's answer to PING (`PONG`).
+    pub(crate) fn agent_info(&self, answer: Option<(u8, Vec<u8>)>) -> Result<AgentInfo, ExecError> {
+        match answer {
+            Some((kind::PONG, payload)) if payload.len() >= 4 => Ok(AgentInfo {
+                version: u32::from_le_bytes([payload[0], payload[1], payload[2], payload[3]]),
+                kernel_release: String::from_utf8_lossy(&payload[4..]).into_owned(),
+            }),
+            _ => Err(ExecError::Protocol {
+                zone: self.name().to_string(),
+                detail: "bad answer to PING".into(),
+            }),
+        }
+    }
+
     /// The plan for reaching the agent: its device, whether it answered before, and until when
     /// to try. Before the agent has ever answered, the wait is `ready` (the guest may still be
     /// booting); once it has, a connection it does not answer within [`AGENT_ANSWER_TIMEOUT`]
@@ -543,13 +601,7 @@ impl ZoneHandle {
         ready: Duration,
         deadline: Instant,
     ) -> Result<AgentPlan, ExecError> {
-        let backend = self
-            .shared
-            .devices
-            .find::<Backend>()
-            .ok_or_else(|| ExecError::NoAgent {
-                zone: self.name().to_string(),
-            })?;
+        let backend = self.agent_backend()?;
         let started = Instant::now();
         let seen = backend.agent_seen();
         let bound = if seen { AGENT_ANSWER_TIMEOUT } else { ready };
@@ -619,10 +671,7 @@ impl ZoneHandle {
     /// The agent's boot marks, if its agent has answered before and answers now (within
     /// [`AGENT_ANSWER_TIMEOUT`]).
     pub(crate) fn fetch_boot_marks(&self) -> Option<Vec<(String, Duration)>> {
-        let backend = self.shared.devices.find::<Backend>()?;
-        if !backend.agent_seen() || self.ended_exit().is_some() {
-            return None;
-        }
+        let backend = self.answered_agent()?;
         let deadline = Instant::now() + AGENT_ANSWER_TIMEOUT;
         let stream = backend.connect(proto::AGENT_PORT, deadline).ok()?;
         let mut io = Io {
@@ -630,10 +679,7 @@ impl ZoneHandle {
             deadline,
         };
         proto::write_frame(&mut io, kind::BOOT, &[]).ok()?;
-        match proto::read_frame(&mut io).ok()?? {
-            (kind::BOOT_TIMES, payload) => Some(crate::boot_report::guest_marks(&payload)),
-            _ => None,
-        }
+        crate::boot_report::guest_marks(proto::read_frame(&mut io).ok()?)
     }
 
     /// Waits until the zone's agent answers, at most `timeout` (boot included).
@@ -645,16 +691,7 @@ impl ZoneHandle {
             deadline,
         };
         proto::write_frame(&mut io, kind::PING, &[]).map_err(|e| lost(self, e))?;
-        match proto::read_frame(&mut io).map_err(|e| lost(self, e))? {
-            Some((kind::PONG, payload)) if payload.len() >= 4 => Ok(AgentInfo {
-                version: u32::from_le_bytes([payload[0], payload[1], payload[2], payload[3]]),
-                kernel_release: String::from_utf8_lossy(&payload[4..]).into_owned(),
-            }),
-            _ => Err(ExecError::Protocol {
-                zone: self.name().to_string(),
-                detail: "bad answer to PING".into(),
-            }),
-        }
+        self.agent_info(proto::read_frame(&mut io).map_err(|e| lost(self, e))?)
     }
 
     /// Starts `cmd` and returns it running, stdin open. Waits for the agent first if the zone is
@@ -694,33 +731,15 @@ impl ZoneHandle {
         };
         process.send(kind::EXEC, &cmd.request(stdin).encode())?;
         // The agent answers at once; one that says nothing at all is lost.
-        let backend = self
-            .shared
-            .devices
-            .find::<Backend>()
-            .ok_or_else(|| ExecError::NoAgent {
-                zone: self.name().to_string(),
-            })?;
+        let backend = self.agent_backend()?;
         let mut answer = Answer {
             stream: &process.stream,
             backend: &backend,
             hard: deadline.min(Instant::now() + AGENT_BUSY_LIMIT),
         };
-        match proto::read_frame(&mut answer).map_err(|e| lost(self, e))? {
-            Some((kind::STARTED, p)) if p.len() == 4 => {
-                process.pid = u32::from_le_bytes([p[0], p[1], p[2], p[3]]);
-                self.shared.boot.command_started();
-                Ok(process)
-            }
-            Some((kind::ERROR, message)) => Err(ExecError::Spawn {
-                zone: self.name().to_string(),
-                message: String::from_utf8_lossy(&message).into_owned(),
-            }),
-            _ => Err(ExecError::Protocol {
-                zone: self.name().to_string(),
-                detail: "expected STARTED".into(),
-            }),
-        }
+        let frame = proto::read_frame(&mut answer).map_err(|e| lost(self, e))?;
+        process.pid = self.started_pid(frame)?;
+        Ok(process)
     }
 
     /// Runs `cmd` to completion and returns its output. Stdin (if any) is fed from another thread

@@ -3,11 +3,11 @@
 //! wakes the task that waits on a connection); no thread waits on behalf of a call.
 
 use super::frames::{FrameReader, encode};
-use crate::devices::virtio::vsock::backend::{Backend, Stream, VsockError};
+use crate::devices::virtio::vsock::backend::{Stream, VsockError};
 use crate::exec::{
     AGENT_ANSWER_TIMEOUT, AGENT_BUSY_LIMIT, AgentInfo, Attempt, Command, DEFAULT_READY_TIMEOUT,
     ExecError, ExitStatus, FIRST_RETRY_PAUSE, FOREVER, MAX_RETRY_PAUSE, Output, ProcessEvent,
-    STOP_REPORT_WAIT, decode_event, lost, to_io,
+    STOP_REPORT_WAIT, agent_busy, answer_step, decode_event, lost, to_io,
 };
 use crate::exit::ZoneExit;
 use crate::zone::ZoneHandle;
@@ -307,16 +307,7 @@ impl ZoneHandle {
         let stream = self.agent_stream_async(timeout, deadline).await?;
         write_whole(self, &stream, &encode(kind::PING, &[]), deadline).await?;
         let mut frames = FrameReader::default();
-        match read_frame(self, &stream, &mut frames, deadline).await? {
-            Some((kind::PONG, payload)) if payload.len() >= 4 => Ok(AgentInfo {
-                version: u32::from_le_bytes([payload[0], payload[1], payload[2], payload[3]]),
-                kernel_release: String::from_utf8_lossy(&payload[4..]).into_owned(),
-            }),
-            _ => Err(ExecError::Protocol {
-                zone: self.name().to_string(),
-                detail: "bad answer to PING".into(),
-            }),
-        }
+        self.agent_info(read_frame(self, &stream, &mut frames, deadline).await?)
     }
 
     /// [`ZoneHandle::boot_report`] as a future: asks the agent for its marks as a task.
@@ -331,13 +322,7 @@ impl ZoneHandle {
     }
 
     async fn fetch_boot_marks_async(&self) -> Option<Vec<(String, Duration)>> {
-        let backend = self
-            .shared
-            .devices
-            .find::<crate::devices::virtio::vsock::backend::Backend>()?;
-        if !backend.agent_seen() || self.ended_exit().is_some() {
-            return None;
-        }
+        self.answered_agent()?;
         let deadline = Instant::now() + AGENT_ANSWER_TIMEOUT;
         let stream = self
             .agent_stream_async(AGENT_ANSWER_TIMEOUT, deadline)
@@ -347,13 +332,10 @@ impl ZoneHandle {
             .await
             .ok()?;
         let mut frames = FrameReader::default();
-        match read_frame(self, &stream, &mut frames, deadline)
+        let answer = read_frame(self, &stream, &mut frames, deadline)
             .await
-            .ok()??
-        {
-            (kind::BOOT_TIMES, payload) => Some(crate::boot_report::guest_marks(&payload)),
-            _ => None,
-        }
+            .ok()?;
+        crate::boot_report::guest_marks(answer)
     }
 
     /// [`ZoneHandle::wait`] as a future: the zone's exit, once every vCPU has stopped.
@@ -370,17 +352,12 @@ impl ZoneHandle {
         frames: &mut FrameReader,
         hard: Instant,
     ) -> Result<Option<(u8, Vec<u8>)>, ExecError> {
-        let backend = self.shared.devices.find::<Backend>();
+        let backend = self.agent_backend()?;
         loop {
-            let step = (Instant::now() + AGENT_ANSWER_TIMEOUT).min(hard);
             let read = poll_fn(|cx| frames.poll_frame(|buf| stream.poll_read(cx, buf)));
-            match tokio::time::timeout_at(step.into(), read).await {
+            match tokio::time::timeout_at(answer_step(hard).into(), read).await {
                 Ok(frame) => return frame.map_err(|e| lost(self, e)),
-                Err(_)
-                    if Instant::now() < hard
-                        && backend
-                            .as_ref()
-                            .is_some_and(|b| b.heard_within(AGENT_ANSWER_TIMEOUT)) => {}
+                Err(_) if agent_busy(&backend, hard) => {}
                 Err(_) => return Err(lost(self, io::ErrorKind::TimedOut.into())),
             }
         }
@@ -399,24 +376,8 @@ impl ZoneHandle {
         let request = encode(kind::EXEC, &cmd.request(stdin).encode());
         write_whole(self, &stream, &request, answer_by).await?;
         let mut frames = FrameReader::default();
-        let pid = match self.read_answer(&stream, &mut frames, answer_by).await? {
-            Some((kind::STARTED, p)) if p.len() == 4 => {
-                self.shared.boot.command_started();
-                u32::from_le_bytes([p[0], p[1], p[2], p[3]])
-            }
-            Some((kind::ERROR, message)) => {
-                return Err(ExecError::Spawn {
-                    zone: self.name().to_string(),
-                    message: String::from_utf8_lossy(&message).into_owned(),
-                });
-            }
-            _ => {
-                return Err(ExecError::Protocol {
-                    zone: self.name().to_string(),
-                    detail: "expected STARTED".into(),
-                });
-            }
-        };
+        let answer = self.read_answer(&stream, &mut frames, answer_by).await?;
+        let pid = self.started_pid(answer)?;
         let stdin = stdin.then(|| ProcessStdin {
             stream: Arc::downgrade(&stream),
             eof_sent: false,

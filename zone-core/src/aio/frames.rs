@@ -41,7 +41,7 @@ impl FrameReader {
             self.buf.truncate(old + n);
             match result {
                 Poll::Pending => return Poll::Pending,
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(super::to_io(e))),
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(crate::exec::to_io(e))),
                 Poll::Ready(Ok(0)) if old == 0 => return Poll::Ready(Ok(None)),
                 Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::UnexpectedEof.into())),
                 Poll::Ready(Ok(_)) => {}

@@ -57,8 +57,3 @@ impl ZoneBuilder {
         }
     }
 }
-
-/// The stream error for a vsock error.
-fn to_io(e: crate::devices::virtio::vsock::backend::VsockError) -> std::io::Error {
-    crate::exec::to_io(e)
-}

@@ -116,6 +116,17 @@ impl State {
         all
     }
 
+    /// Connection `port` if it is open for writing; why not otherwise.
+    fn writable(&mut self, port: u32) -> Result<&mut Conn, VsockError> {
+        if let Some(reason) = &self.closed {
+            return Err(VsockError::Closed(reason.clone()));
+        }
+        self.conns
+            .get_mut(&port)
+            .filter(|c| c.state == ConnState::Connected)
+            .ok_or(VsockError::Reset)
+    }
+
     /// Takes the tasks waiting on connection `port`.
     fn take_wakers(&mut self, port: u32) -> Wakers {
         self.conns
@@ -615,15 +626,9 @@ impl Stream {
         frame: &[u8],
     ) -> Poll<Result<(), VsockError>> {
         let mut st = self.backend.lock();
-        if let Some(reason) = &st.closed {
-            return Poll::Ready(Err(VsockError::Closed(reason.clone())));
-        }
-        let Some(conn) = st
-            .conns
-            .get_mut(&self.port)
-            .filter(|c| c.state == ConnState::Connected)
-        else {
-            return Poll::Ready(Err(VsockError::Reset));
+        let conn = match st.writable(self.port) {
+            Ok(conn) => conn,
+            Err(e) => return Poll::Ready(Err(e)),
         };
         // A frame larger than the buffer goes in once the buffer is empty.
         if !conn.send.is_empty() && conn.send.len() + frame.len() > SEND_BUFFER {
@@ -642,14 +647,7 @@ impl Stream {
     pub(crate) fn queue_control(&self, frame: &[u8]) -> Result<(), VsockError> {
         debug_assert!(frame.len() <= CONTROL_FRAME_MAX);
         let mut st = self.backend.lock();
-        if let Some(reason) = &st.closed {
-            return Err(VsockError::Closed(reason.clone()));
-        }
-        let conn = st
-            .conns
-            .get_mut(&self.port)
-            .filter(|c| c.state == ConnState::Connected)
-            .ok_or(VsockError::Reset)?;
+        let conn = st.writable(self.port)?;
         if conn.send.len() + frame.len() > SEND_BUFFER + CONTROL_FRAME_MAX {
             return Err(VsockError::Exhausted);
         }
