@@ -162,21 +162,15 @@ fn decompress_payload(format: Format, data: &[u8]) -> Result<Vec<u8>, Kept> {
 /// `xz -dc` over `data`, bounded. The kernel's stream is followed by its size, which xz reports
 /// as trailing garbage after a complete stream: the output counts once it is an ELF image.
 fn xz(data: &[u8]) -> Result<Vec<u8>, Kept> {
+    // xz reads the payload from an unlinked file, so no thread has to feed a pipe.
+    let input = unlinked_file(data).map_err(|e| Kept::Xz(format!("staging xz's input: {e}")))?;
     let mut child = std::process::Command::new("xz")
         .args(["-dc", "--single-stream"])
-        .stdin(std::process::Stdio::piped())
+        .stdin(input)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
         .spawn()
         .map_err(|e| Kept::Xz(format!("cannot run xz: {e}")))?;
-    let mut stdin = child
-        .stdin
-        .take()
-        .ok_or_else(|| Kept::Xz("no pipe to xz".into()))?;
-    let input = data.to_vec();
-    let feeder = std::thread::spawn(move || {
-        let _ = stdin.write_all(&input);
-    });
     let mut out = Vec::new();
     let read = child
         .stdout
@@ -186,12 +180,28 @@ fn xz(data: &[u8]) -> Result<Vec<u8>, Kept> {
         .read_to_end(&mut out);
     let _ = child.kill();
     let _ = child.wait();
-    let _ = feeder.join();
     read.map_err(|e| Kept::Xz(format!("reading xz's output: {e}")))?;
     if out.len() > MAX_VMLINUX {
         return Err(Kept::Corrupt(format!("over {MAX_VMLINUX} bytes")));
     }
     Ok(out)
+}
+
+/// A file holding `data`, open for reading from its start, already removed from its directory.
+fn unlinked_file(data: &[u8]) -> std::io::Result<std::fs::File> {
+    use std::io::{Seek, SeekFrom};
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let path = std::env::temp_dir().join(format!("zones-xz-{}-{n}", std::process::id()));
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(&path)?;
+    let _ = std::fs::remove_file(&path);
+    file.write_all(data)?;
+    file.seek(SeekFrom::Start(0))?;
+    Ok(file)
 }
 
 #[cfg(test)]
