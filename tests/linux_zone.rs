@@ -27,8 +27,7 @@ fn sh(script: &str) -> Command {
 }
 
 fn run(zone: &Zone, cmd: &Command) -> zones::Output {
-    zone.exec(cmd)
-        .unwrap_or_else(|e| panic!("exec failed: {e}\nconsole:\n{}", zone.console_text()))
+    common::run_when_ready(zone, cmd)
 }
 
 fn text(bytes: &[u8]) -> String {

@@ -47,8 +47,7 @@ fn zone(rootfs: Rootfs) -> Zone {
 }
 
 fn run(zone: &Zone, cmd: &Command) -> zones::Output {
-    zone.exec(cmd)
-        .unwrap_or_else(|e| panic!("exec failed: {e}\nconsole:\n{}", zone.console_text()))
+    common::run_when_ready(zone, cmd)
 }
 
 fn sh(script: &str) -> Command {

@@ -80,6 +80,19 @@ pub fn scaled(bound: Duration) -> Duration {
     bound * scale.max(1)
 }
 
+/// Runs `cmd` in `zone` once its agent is up, or panics with the zone's console. The wait for
+/// the agent is scaled like every other bound ([`scaled`]): `exec`'s own wait for a booting
+/// guest (two minutes) is a product default, and in the lab several zones booting at once
+/// under emulation can take longer than that.
+pub fn run_when_ready(zone: &Zone, cmd: &zones::Command) -> zones::Output {
+    let console =
+        |e: &dyn std::fmt::Display| panic!("exec failed: {e}\nconsole:\n{}", zone.console_text());
+    if let Err(e) = zone.wait_ready(scaled(Duration::from_secs(120))) {
+        console(&e);
+    }
+    zone.exec(cmd).unwrap_or_else(|e| console(&e))
+}
+
 /// Returns from the test (printing the reason) when KVM is unavailable.
 #[macro_export]
 macro_rules! require_kvm {
