@@ -148,6 +148,18 @@ impl Settings {
         vcpus: Vec<VcpuFd>,
         exits: Arc<dyn GuestExits>,
     ) -> Result<Zone, BuildError> {
+        self.launch_as(vm, shared, vcpus, exits, crate::seccomp::ThreadKind::Vcpu)
+    }
+
+    /// [`launch`](Self::launch), with the vCPU threads filtered as `kind`.
+    pub(crate) fn launch_as(
+        &self,
+        vm: Vm,
+        shared: Arc<ZoneShared>,
+        vcpus: Vec<VcpuFd>,
+        exits: Arc<dyn GuestExits>,
+        kind: crate::seccomp::ThreadKind,
+    ) -> Result<Zone, BuildError> {
         let mut zone = Zone {
             handle: ZoneHandle {
                 shared: shared.clone(),
@@ -161,11 +173,7 @@ impl Settings {
         }
         for (index, fd) in (0u32..).zip(vcpus) {
             let (shared, exits) = (shared.clone(), exits.clone());
-            let filter = shared.thread_filter(
-                crate::seccomp::ThreadKind::Vcpu,
-                Vec::new(),
-                format!("vCPU {index}"),
-            );
+            let filter = shared.thread_filter(kind, Vec::new(), format!("vCPU {index}"));
             let thread = std::thread::Builder::new()
                 .name(format!("{}/{index}", short(&self.zone)))
                 .spawn(move || vcpu::run(fd, index, shared, exits, filter))

@@ -1,6 +1,8 @@
 //! Attaching a device from a builder extension: [`Attachment`], and what zone-core gives it while
 //! the zone is built.
 
+use super::msi::{MsiError, MsiRouter, MsiVector};
+use super::pci::PciFunction;
 use super::{DeviceControl, DeviceHost, VirtioDevice};
 use std::any::Any;
 use std::sync::Arc;
@@ -12,6 +14,12 @@ pub trait Attachment: Send + 'static {
     /// The kind of device (`net`, `gpu`): devices are named `<kind><n>` in their zone (`net0`).
     fn kind(&self) -> &'static str;
 
+    /// Where the device goes: a virtio device on virtio-mmio (the default), or a function on
+    /// the zone's PCI bus. A Linux zone has a PCI bus only when an attachment asks for one.
+    fn transport(&self) -> Transport {
+        Transport::VirtioMmio
+    }
+
     /// Called before the guest is prepared: the kernel modules and command-line arguments the
     /// guest needs for this device. Default: none.
     fn prepare(&mut self, _guest: &mut GuestSetup<'_>) -> Result<(), AttachError> {
@@ -20,6 +28,15 @@ pub trait Attachment: Send + 'static {
 
     /// Creates the device model once the VM exists.
     fn attach(self: Box<Self>, cx: &AttachContext) -> Result<Attached, AttachError>;
+}
+
+/// Where an attachment's device sits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Transport {
+    /// A [`VirtioDevice`] on virtio-mmio, described in the DSDT.
+    VirtioMmio,
+    /// A [`PciFunction`] on the zone's PCI bus (ECAM, MCFG, MSI and MSI-X through KVM).
+    Pci,
 }
 
 /// What an attachment may ask of the guest before it boots.
@@ -60,6 +77,7 @@ impl GuestSetup<'_> {
 #[derive(Debug)]
 pub struct AttachContext {
     pub(crate) host: DeviceHost,
+    pub(crate) msi: Option<Arc<MsiRouter>>,
 }
 
 impl AttachContext {
@@ -77,20 +95,47 @@ impl AttachContext {
     pub fn host(&self) -> DeviceHost {
         self.host.clone()
     }
+
+    /// A new MSI vector routed through KVM (for a PCI function's MSI or MSI-X): silent until
+    /// the guest gives it a message and the function [`route`](MsiVector::route)s it.
+    /// Only attachments on [`Transport::Pci`] get vectors.
+    pub fn msi_vector(&self) -> Result<MsiVector, MsiError> {
+        match &self.msi {
+            Some(router) => router.vector(),
+            None => Err(MsiError::NotPci),
+        }
+    }
 }
 
 /// A device model ready to be placed on the zone's transport, with its control.
 pub struct Attached {
-    pub(crate) device: Box<dyn VirtioDevice>,
+    pub(crate) device: AttachedDevice,
     pub(crate) control: Option<(Arc<dyn DeviceControl>, Arc<dyn Any + Send + Sync>)>,
+}
+
+/// The device model of an [`Attached`].
+pub(crate) enum AttachedDevice {
+    Virtio(Box<dyn VirtioDevice>),
+    Pci(Box<dyn PciFunction>),
+}
+
+impl AttachedDevice {
+    pub(crate) fn transport(&self) -> Transport {
+        match self {
+            Self::Virtio(_) => Transport::VirtioMmio,
+            Self::Pci(_) => Transport::Pci,
+        }
+    }
 }
 
 impl std::fmt::Debug for Attached {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Attached")
-            .field("device_type", &self.device.device_type())
-            .field("control", &self.control.is_some())
-            .finish()
+        let mut d = f.debug_struct("Attached");
+        match &self.device {
+            AttachedDevice::Virtio(v) => d.field("device_type", &v.device_type()),
+            AttachedDevice::Pci(p) => d.field("pci", p.config()),
+        };
+        d.field("control", &self.control.is_some()).finish()
     }
 }
 
@@ -98,7 +143,16 @@ impl Attached {
     /// `device`, without a control.
     pub fn new(device: Box<dyn VirtioDevice>) -> Self {
         Self {
-            device,
+            device: AttachedDevice::Virtio(device),
+            control: None,
+        }
+    }
+
+    /// A PCI function (for an attachment whose [`transport`](Attachment::transport) is
+    /// [`Transport::Pci`]), without a control.
+    pub fn pci(function: Box<dyn PciFunction>) -> Self {
+        Self {
+            device: AttachedDevice::Pci(function),
             control: None,
         }
     }

@@ -9,7 +9,9 @@
 //!    [`prepare`](Attachment::prepare) before the guest is set up (kernel modules and command-line
 //!    arguments the guest needs, through [`GuestSetup`]), and [`attach`](Attachment::attach) once
 //!    the VM exists, to create the device model.
-//! 2. **A [`VirtioDevice`]** is the device model the guest's driver talks to through a transport
+//! 2. **A [`VirtioDevice`]** (or, for an attachment whose [`Attachment::transport`] is
+//!    [`Transport::Pci`], a [`pci::PciFunction`] on the zone's PCI bus, with MSI vectors from
+//!    [`AttachContext::msi_vector`]) is the device model the guest's driver talks to through a transport
 //!    (virtio-mmio today, described in the DSDT): its type, features, queues and configuration
 //!    space. When the driver sets DRIVER_OK the transport calls
 //!    [`activate`](VirtioDevice::activate) with an [`Activation`] (guest memory, the configured
@@ -51,20 +53,24 @@ mod attach;
 mod control;
 mod host;
 pub(crate) mod interrupt;
+mod msi;
 pub mod pci;
 mod virtio;
 mod worker;
 
-pub use attach::{AttachContext, AttachError, Attached, Attachment, GuestSetup};
+pub use attach::{AttachContext, AttachError, Attached, Attachment, GuestSetup, Transport};
 pub use control::{DeviceControl, DeviceCounters, DeviceEvidence};
 pub use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
 pub use host::DeviceHost;
 pub use interrupt::Interrupt;
+pub use msi::{MAX_MSI_VECTORS, MsiError, MsiVector};
 pub use virtio::{
     ActivateError, Activation, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX, VirtioDevice,
     read_config_bytes,
 };
 pub use worker::{DeviceWorker, QueueHandler, QueueWorker};
 
+pub(crate) use attach::AttachedDevice;
 pub(crate) use control::Devices;
+pub(crate) use msi::{MsiRouter, VCPU_ROUTING_IOCTL};
 pub(crate) use worker::DeviceThread;

@@ -1,5 +1,7 @@
 //! ACPI tables for a Linux zone: RSDP, XSDT, a hardware-reduced FADT, MADT and a DSDT that
-//! describes the serial port and every virtio-mmio device. Hardware-reduced ACPI tells Linux there
+//! describes the serial port and every virtio-mmio device; with a PCI bus, also an MCFG table
+//! (the ECAM window) and the host bridge in the DSDT (its bus range and BAR windows), with the
+//! ECAM window reserved as a motherboard resource (Linux uses ECAM only where it is). Hardware-reduced ACPI tells Linux there
 //! is no PIT, PIC or SMI to look for; reset and S5 power-off go through one I/O register that the
 //! VMM turns into the end of the zone.
 
@@ -32,6 +34,13 @@ pub(crate) struct MmioDevice {
     pub(crate) size: u64,
     /// Its interrupt (an IOAPIC pin).
     pub(crate) gsi: u32,
+}
+
+/// A PCI bus to describe: its 32-bit and 64-bit BAR windows (the ECAM window is fixed).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct PciRoot {
+    pub(crate) low: std::ops::Range<u64>,
+    pub(crate) high: std::ops::Range<u64>,
 }
 
 /// Why the tables could not be built.
@@ -85,7 +94,49 @@ impl Aml for Raw {
     }
 }
 
-fn dsdt(devices: &[MmioDevice]) -> Vec<u8> {
+/// The host bridge (`PCI0`: bus 0, its BAR windows) and the motherboard device (`MBRD`) that
+/// reserves the ECAM window.
+fn pci_devices(pci: &PciRoot) -> [Vec<u8>; 2] {
+    use aml::{AddressSpace, AddressSpaceCacheable};
+    let hid = aml::Name::new("_HID".into(), &aml::EISAName::new("PNP0A08"));
+    let cid = aml::Name::new("_CID".into(), &aml::EISAName::new("PNP0A03"));
+    let adr = aml::Name::new("_ADR".into(), &aml::ZERO);
+    let seg = aml::Name::new("_SEG".into(), &aml::ZERO);
+    let uid = aml::Name::new("_UID".into(), &aml::ZERO);
+    let bbn = aml::Name::new("_BBN".into(), &aml::ZERO);
+    let bus = AddressSpace::<u16>::new_bus_number(0, 0);
+    let low = AddressSpace::<u32>::new_memory(
+        AddressSpaceCacheable::NotCacheable,
+        true,
+        pci.low.start as u32,
+        (pci.low.end - 1) as u32,
+        None,
+    );
+    let high = AddressSpace::<u64>::new_memory(
+        AddressSpaceCacheable::PreFetchable,
+        true,
+        pci.high.start,
+        pci.high.end - 1,
+        None,
+    );
+    let crs = aml::ResourceTemplate::new(vec![&bus, &low, &high]);
+    let crs = aml::Name::new("_CRS".into(), &crs);
+    let root = bytes(&aml::Device::new(
+        "PCI0".into(),
+        vec![&hid, &cid, &adr, &seg, &uid, &bbn, &crs],
+    ));
+    let ecam = aml::Memory32Fixed::new(true, layout::PCI_ECAM as u32, layout::PCI_ECAM_SIZE as u32);
+    let mbrd = device("MBRD", &aml::EISAName::new("PNP0C02"), 0, &[&ecam]);
+    [root, mbrd]
+}
+
+fn mcfg() -> Vec<u8> {
+    let mut m = acpi_tables::mcfg::MCFG::new(OEM_ID, OEM_TABLE_ID, 1);
+    m.add_ecam(layout::PCI_ECAM, 0, 0, 0);
+    bytes(&m)
+}
+
+fn dsdt(devices: &[MmioDevice], pci: Option<&PciRoot>) -> Vec<u8> {
     let com1_io = aml::IO::new(layout::SERIAL_PORT, layout::SERIAL_PORT, 1, 8);
     let com1_irq = aml::Interrupt::new(true, true, false, false, layout::SERIAL_GSI);
     let mut children = vec![Raw(device(
@@ -99,6 +150,9 @@ fn dsdt(devices: &[MmioDevice]) -> Vec<u8> {
         let irq = aml::Interrupt::new(true, true, false, false, d.gsi);
         let name = format!("VR{i:02X}");
         children.push(Raw(device(&name, &"LNRO0005", i as u32, &[&window, &irq])));
+    }
+    if let Some(pci) = pci {
+        children.extend(pci_devices(pci).map(Raw));
     }
     let sb = aml::Scope::new(
         "_SB_".into(),
@@ -158,21 +212,28 @@ fn madt(vcpus: u32) -> Result<Vec<u8>, AcpiError> {
 }
 
 /// The tables and where each goes, starting at `layout::ACPI_TABLES` with the RSDP.
-pub(crate) fn tables(vcpus: u32, devices: &[MmioDevice]) -> Result<Vec<(u64, Vec<u8>)>, AcpiError> {
+pub(crate) fn tables(
+    vcpus: u32,
+    devices: &[MmioDevice],
+    pci: Option<&PciRoot>,
+) -> Result<Vec<(u64, Vec<u8>)>, AcpiError> {
     if devices.len() > 256 {
         return Err(AcpiError::TooManyDevices(devices.len()));
     }
     let align = |a: u64| a.next_multiple_of(16);
     let rsdp_at = layout::ACPI_TABLES;
     let xsdt_at = align(rsdp_at + Rsdp::len() as u64);
-    let dsdt = dsdt(devices);
+    let dsdt = dsdt(devices, pci);
     let madt = madt(vcpus)?;
-    // XSDT: header + 2 entries.
-    let fadt_at = align(xsdt_at + 36 + 16);
+    let mcfg = pci.map(|_| mcfg());
+    // XSDT: header + 2 or 3 entries.
+    let entries = 2 + u64::from(mcfg.is_some());
+    let fadt_at = align(xsdt_at + 36 + 8 * entries);
     let fadt_len = acpi_tables::fadt::FADT::len() as u64;
     let madt_at = align(fadt_at + fadt_len);
     let dsdt_at = align(madt_at + madt.len() as u64);
-    let end = dsdt_at + dsdt.len() as u64;
+    let mcfg_at = align(dsdt_at + dsdt.len() as u64);
+    let end = mcfg_at + mcfg.as_ref().map_or(0, |m| m.len() as u64);
     if end > layout::ACPI_TABLES_END {
         return Err(AcpiError::TooLarge {
             needed: (end - layout::ACPI_TABLES) as usize,
@@ -182,13 +243,18 @@ pub(crate) fn tables(vcpus: u32, devices: &[MmioDevice]) -> Result<Vec<(u64, Vec
     let mut xsdt = XSDT::new(OEM_ID, OEM_TABLE_ID, 1);
     xsdt.add_entry(fadt_at);
     xsdt.add_entry(madt_at);
-    Ok(vec![
+    if mcfg.is_some() {
+        xsdt.add_entry(mcfg_at);
+    }
+    let mut all = vec![
         (rsdp_at, bytes(&Rsdp::new(OEM_ID, xsdt_at))),
         (xsdt_at, bytes(&xsdt)),
         (fadt_at, fadt(dsdt_at)),
         (madt_at, madt),
         (dsdt_at, dsdt),
-    ])
+    ];
+    all.extend(mcfg.map(|m| (mcfg_at, m)));
+    Ok(all)
 }
 
 #[cfg(test)]
@@ -214,7 +280,7 @@ mod tests {
             size: 0x1000,
             gsi: 5,
         }];
-        let t = tables(2, &devs).unwrap();
+        let t = tables(2, &devs, None).unwrap();
         let (rsdp_at, rsdp) = &t[0];
         assert_eq!(*rsdp_at, layout::ACPI_TABLES);
         assert_eq!(&rsdp[..8], b"RSD PTR ");
@@ -238,12 +304,55 @@ mod tests {
         assert_eq!(madt.len(), 44 + 2 * 8 + 12);
         let has = |needle: &[u8]| dsdt.windows(needle.len()).any(|w| w == needle);
         assert!(has(b"LNRO0005") && has(b"VR00") && has(b"COM1") && has(b"_S5_"));
+        assert!(
+            !has(b"PCI0") && !has(b"MBRD"),
+            "no PCI bus without a PCI function"
+        );
+        assert_eq!(xsdt.len(), 36 + 2 * 8, "no MCFG without a PCI function");
+    }
+
+    #[test]
+    fn a_pci_bus_adds_mcfg_and_the_host_bridge() {
+        let pci = PciRoot {
+            low: 0xc000_0000..0xd000_0000,
+            high: (4 << 30)..(1 << 40),
+        };
+        let t = tables(1, &[], Some(&pci)).unwrap();
+        let find = |at: u64| t.iter().find(|(a, _)| *a == at).map(|(_, b)| b).unwrap();
+        let xsdt = find(u64_at(&t[0].1, 24));
+        assert_eq!(xsdt.len(), 36 + 3 * 8);
+        let mcfg = find(u64_at(xsdt, 52));
+        assert_eq!(&mcfg[..4], b"MCFG");
+        assert!(checksum_ok(mcfg));
+        // One allocation after the 44-byte header: base, segment 0, buses 0-0.
+        assert_eq!(mcfg.len(), 44 + 16);
+        assert_eq!(u64_at(mcfg, 44), layout::PCI_ECAM);
+        assert_eq!(&mcfg[52..56], &[0, 0, 0, 0]);
+        let fadt = find(u64_at(xsdt, 36));
+        let dsdt = find(u64_at(fadt, 140));
+        assert!(checksum_ok(dsdt));
+        let has = |needle: &[u8]| dsdt.windows(needle.len()).any(|w| w == needle);
+        assert!(has(b"PCI0") && has(b"MBRD") && has(b"_CRS") && has(b"_BBN"));
+        // PNP0A08 and PNP0C02 as compressed EISA IDs.
+        assert!(has(&[0x41, 0xd0, 0x0a, 0x08]) && has(&[0x41, 0xd0, 0x0c, 0x02]));
+        // The 64-bit window as a QWord descriptor: min, max, length.
+        let mut qword = Vec::new();
+        qword.extend((4u64 << 30).to_le_bytes());
+        qword.extend(((1u64 << 40) - 1).to_le_bytes());
+        qword.extend(0u64.to_le_bytes());
+        qword.extend(((1u64 << 40) - (4 << 30)).to_le_bytes());
+        assert!(has(&qword));
+        // The ECAM window reserved: Memory32Fixed (0x86), base, length.
+        let mut ecam = vec![0x86, 9, 0, 1];
+        ecam.extend((layout::PCI_ECAM as u32).to_le_bytes());
+        ecam.extend((layout::PCI_ECAM_SIZE as u32).to_le_bytes());
+        assert!(has(&ecam));
     }
 
     #[test]
     fn too_many_vcpus_or_devices_are_errors() {
         assert!(matches!(
-            tables(255, &[]),
+            tables(255, &[], None),
             Err(AcpiError::TooManyVcpus(255))
         ));
         let many: Vec<_> = (0..257)
@@ -254,9 +363,12 @@ mod tests {
             })
             .collect();
         assert!(matches!(
-            tables(1, &many),
+            tables(1, &many, None),
             Err(AcpiError::TooManyDevices(257))
         ));
-        assert!(tables(1, &many[..256]).is_ok(), "256 devices fit the area");
+        assert!(
+            tables(1, &many[..256], None).is_ok(),
+            "256 devices fit the area"
+        );
     }
 }

@@ -158,6 +158,16 @@ fn lapic_reg(regs: &[i8], offset: usize) -> u32 {
     ])
 }
 
+/// The guest's physical address width, from CPUID leaf 0x8000_0008 (36 bits where it is
+/// missing, the architectural minimum with PAE).
+pub(crate) fn phys_bits(cpuid: &CpuId) -> u8 {
+    cpuid
+        .as_slice()
+        .iter()
+        .find(|e| e.function == 0x8000_0008)
+        .map_or(36, |e| (e.eax & 0xff) as u8)
+}
+
 /// Configures vCPU `index` of `vcpus`. Only vCPU 0 gets boot registers; the others start when the
 /// kernel sends them INIT/SIPI.
 pub(crate) fn configure_vcpu(

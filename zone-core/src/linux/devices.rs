@@ -2,11 +2,12 @@
 //! for exec, block devices for disks), each on its own IOAPIC line.
 
 use super::acpi::{self, MmioDevice};
+use super::pci::PciBusBuilder;
 use super::{LinuxError, exits, layout};
 use crate::builder::BuildError;
 use crate::device::{
-    AttachContext, Attachment, DeviceHost, DeviceThread, Devices, GuestSetup, Interrupt,
-    VirtioDevice,
+    AttachContext, AttachError, AttachedDevice, Attachment, DeviceHost, DeviceThread, Devices,
+    GuestSetup, Interrupt, MsiRouter, Transport, VirtioDevice,
 };
 use crate::devices::Bus;
 use crate::devices::power::PowerRegister;
@@ -153,6 +154,8 @@ pub(crate) struct Attachments(Vec<(String, Box<dyn Attachment>)>);
 pub(crate) struct GuestNeeds {
     pub(crate) modules: Vec<String>,
     pub(crate) cmdline: Vec<String>,
+    /// A PCI bus (some attachment is a PCI function).
+    pub(crate) pci: bool,
 }
 
 impl Attachments {
@@ -170,6 +173,7 @@ impl Attachments {
     pub(crate) fn prepare(&mut self, zone: &str) -> Result<GuestNeeds, BuildError> {
         let mut needs = GuestNeeds::default();
         for (device, a) in &mut self.0 {
+            needs.pci |= a.transport() == Transport::Pci;
             let mut guest = GuestSetup {
                 zone,
                 device,
@@ -185,12 +189,14 @@ impl Attachments {
         Ok(needs)
     }
 
-    /// Creates every device, registers its control and places it on the bus.
+    /// Creates every device, registers its control and places it on its bus: virtio devices
+    /// on `virtio`, PCI functions on `pci` (with MSI vectors from `msi`).
     pub(crate) fn attach(
         self,
         zone: &str,
         shared: &Arc<ZoneShared>,
-        bus: &mut VirtioBus<'_>,
+        virtio: &mut VirtioBus<'_>,
+        mut pci: Option<(&mut PciBusBuilder, Arc<MsiRouter>)>,
     ) -> Result<(), BuildError> {
         for (device, a) in self.0 {
             let err = |source| BuildError::Attach {
@@ -198,18 +204,41 @@ impl Attachments {
                 device: device.clone(),
                 source,
             };
+            let declared = a.transport();
             let cx = AttachContext {
                 host: DeviceHost::new(zone, &device, Arc::downgrade(shared)),
+                msi: match (declared, &pci) {
+                    (Transport::Pci, Some((_, router))) => Some(router.clone()),
+                    _ => None,
+                },
             };
             let attached = a.attach(&cx).map_err(err)?;
+            let returned = attached.device.transport();
+            if returned != declared {
+                return Err(err(AttachError::new(format!(
+                    "the attachment declared transport {declared:?} but made a {returned:?} \
+                     device; a guest prepared for one cannot find the other"
+                ))));
+            }
             if let Some((control, any)) = attached.control {
                 shared.devices.register_dyn(&device, control, any);
             }
-            bus.add(&device, attached.device)
-                .map_err(|source| BuildError::Linux {
-                    zone: zone.to_string(),
-                    source,
-                })?;
+            let linux_err = |source| BuildError::Linux {
+                zone: zone.to_string(),
+                source,
+            };
+            match (attached.device, pci.as_mut()) {
+                (AttachedDevice::Virtio(v), _) => virtio.add(&device, v).map_err(linux_err)?,
+                (AttachedDevice::Pci(f), Some((bus, _))) => {
+                    let slot = bus.add(f).map_err(|e| err(AttachError::new(e)))?;
+                    crate::trace::device_attached(zone, &format!("{device} (PCI 00:{slot:02x}.0)"));
+                }
+                (AttachedDevice::Pci(_), None) => {
+                    return Err(err(AttachError::new(
+                        "a PCI function on a zone without a PCI bus",
+                    )));
+                }
+            }
         }
         Ok(())
     }

@@ -5,8 +5,10 @@
 //! 0x0000_9000  page tables (PML4, PDPT, 4 PDs: identity map of 0-4 GiB with 2 MiB pages)
 //! 0x0002_0000  kernel command line    0x000e_0000  ACPI tables (RSDP first)
 //! 0x0010_0000  kernel                 top of low RAM: initramfs
-//! 0xc000_0000 - 0x1_0000_0000: MMIO hole (virtio-mmio at 0xd000_0000, IOAPIC, LAPIC)
+//! 0xc000_0000 - 0x1_0000_0000: MMIO hole (PCI 32-bit BARs at 0xc000_0000, virtio-mmio at
+//!                               0xd000_0000, PCI ECAM at 0xe000_0000, IOAPIC, LAPIC)
 //! 0x1_0000_0000: RAM beyond 3 GiB, when the zone has that much
+//! above RAM (1 GiB aligned) up to the guest's physical address width: PCI 64-bit BARs
 //! ```
 
 use std::ops::Range;
@@ -41,6 +43,12 @@ pub(crate) const HIGH_RAM_START: u64 = 0x1_0000_0000;
 pub(crate) const VIRTIO_MMIO_BASE: u64 = 0xd000_0000;
 /// Guest-physical window of one virtio-mmio device.
 pub(crate) const VIRTIO_MMIO_SIZE: u64 = 0x1000;
+/// The PCI 32-bit BAR window (below the virtio-mmio devices).
+pub(crate) const PCI_MMIO32: Range<u64> = MMIO_START..VIRTIO_MMIO_BASE;
+/// The PCI configuration window (ECAM) of bus 0.
+pub(crate) const PCI_ECAM: u64 = 0xe000_0000;
+/// ECAM size for one bus (32 devices x 8 functions x 4 KiB).
+pub(crate) const PCI_ECAM_SIZE: u64 = 1 << 20;
 /// IOAPIC registers.
 pub(crate) const IOAPIC: u64 = 0xfec0_0000;
 /// Local APIC registers.
@@ -88,6 +96,19 @@ pub(crate) fn e820(mem_size: u64) -> Vec<(u64, u64, u32)> {
     map
 }
 
+/// The PCI 64-bit BAR window: from the first 1 GiB boundary above guest RAM (and above 4 GiB)
+/// to the end of the guest's `phys_bits`-bit physical address space (at most 46 bits). Empty
+/// when there is no room.
+pub(crate) fn pci_mmio64(mem_size: u64, phys_bits: u8) -> Range<u64> {
+    let ram_top = match mem_size > MMIO_START {
+        true => HIGH_RAM_START + (mem_size - MMIO_START),
+        false => HIGH_RAM_START,
+    };
+    let start = ram_top.next_multiple_of(1 << 30);
+    let end = 1u64 << phys_bits.clamp(32, 46);
+    start..end.max(start)
+}
+
 /// Low RAM (below the MMIO hole), where boot data must live.
 pub(crate) fn low_ram(mem_size: u64) -> Range<u64> {
     0..mem_size.min(MMIO_START)
@@ -115,6 +136,16 @@ mod tests {
     }
 
     #[test]
+    fn the_64bit_pci_window_starts_above_ram_and_ends_at_the_address_width() {
+        assert_eq!(pci_mmio64(256 << 20, 40), (4 << 30)..(1 << 40));
+        // 5 GiB of RAM: 3 below the hole, 2 above 4 GiB, so RAM ends at 6 GiB.
+        assert_eq!(pci_mmio64(5 << 30, 40), (6 << 30)..(1 << 40));
+        assert_eq!(pci_mmio64((5 << 30) + 1, 48).start, 7 << 30);
+        assert_eq!(pci_mmio64(256 << 20, 52).end, 1 << 46);
+        assert!(pci_mmio64(64 << 30, 36).is_empty());
+    }
+
+    #[test]
     fn large_memory_skips_the_mmio_hole() {
         let mem = 4 << 30;
         assert_eq!(ram_regions(mem), vec![(0, 3 << 30), (4 << 30, 1 << 30)]);
@@ -125,6 +156,8 @@ mod tests {
                 .all(|(s, l, _)| s + l <= MMIO_START || *s >= HIGH_RAM_START)
         );
         assert!(virtio_mmio_base(31) + VIRTIO_MMIO_SIZE < IOAPIC);
+        assert!(virtio_mmio_base(31) + VIRTIO_MMIO_SIZE <= PCI_ECAM);
+        assert!(PCI_ECAM + PCI_ECAM_SIZE <= IOAPIC);
         const { assert!(KVM_TSS > MMIO_START && KVM_TSS > LAPIC) };
     }
 }

@@ -13,6 +13,7 @@ mod exits;
 mod initramfs;
 pub(crate) mod layout;
 mod payload;
+mod pci;
 pub(crate) mod rootfs;
 
 pub use acpi::AcpiError;
@@ -21,10 +22,11 @@ pub use cpio::CpioError;
 pub use decompress::DecompressError;
 pub use disk::{Disk, DiskError};
 pub use initramfs::InitramfsError;
+pub use pci::PciBusError;
 pub use rootfs::{FsType, ImageConfig, LayerError, MkfsError, OciError, Rootfs, RootfsError};
 
 use crate::builder::BuildError;
-use crate::device::Attachment;
+use crate::device::{Attachment, MsiRouter};
 use crate::devices::BusError;
 use crate::devices::virtio::vsock::{Vsock, backend::Backend};
 use crate::host_fn::HostFunctions;
@@ -32,6 +34,7 @@ use crate::vmm::Settings;
 use crate::zone::Zone;
 use exits::LinuxExits;
 use initramfs::{ExtraFile, FileContents};
+use pci::PciBusBuilder;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use vm_memory::{Bytes, GuestAddress};
@@ -40,9 +43,12 @@ use vm_memory::{Bytes, GuestAddress};
 pub const MIN_MEMORY_MIB: u64 = 64;
 /// Largest kernel image read from disk.
 const MAX_KERNEL_BYTES: u64 = 512 << 20;
-/// Command line every Linux zone starts with; [`LinuxBoot::cmdline`] appends to it.
+/// Command line every Linux zone starts with; [`LinuxBoot::cmdline`] appends to it. A zone
+/// without a PCI function also gets [`NO_PCI`].
 pub const BASE_CMDLINE: &str =
-    "console=ttyS0 reboot=t panic=-1 8250.nr_uarts=1 pci=off no_timer_check quiet rdinit=/init";
+    "console=ttyS0 reboot=t panic=-1 8250.nr_uarts=1 no_timer_check quiet rdinit=/init";
+/// What a zone without a PCI bus adds to [`BASE_CMDLINE`]: the guest does not look for one.
+pub const NO_PCI: &str = "pci=off";
 
 /// A kernel image: a file or bytes.
 #[derive(Clone, Debug)]
@@ -167,6 +173,9 @@ pub enum LinuxError {
     /// A device model could not be set up.
     #[error("device setup: {0}")]
     Device(String),
+    /// The PCI bus could not be set up.
+    #[error(transparent)]
+    Pci(#[from] PciBusError),
     /// A device's thread could not be started.
     #[error("cannot start the thread of device {device}: {source}")]
     DeviceThread {
@@ -344,13 +353,15 @@ impl LinuxBoot {
         self
     }
 
-    /// The full kernel command line (without what attached devices add).
+    /// The full kernel command line (without what attached devices add: a zone with a PCI
+    /// function boots without [`NO_PCI`]).
     pub fn full_cmdline(&self) -> String {
-        self.cmdline_with(&[])
+        self.cmdline_with(&[], false)
     }
 
-    fn cmdline_with(&self, extra: &[String]) -> String {
+    fn cmdline_with(&self, extra: &[String], pci: bool) -> String {
         std::iter::once(BASE_CMDLINE)
+            .chain((!pci).then_some(NO_PCI))
             .chain(self.cmdline.iter().map(String::as_str))
             .chain(extra.iter().map(String::as_str))
             .collect::<Vec<_>>()
@@ -544,7 +555,7 @@ pub(crate) fn build(
         .initramfs(&guest.modules, rootfs.as_ref())
         .map_err(err)?;
     phases.done("initramfs");
-    let cmdline = boot.cmdline_with(&guest.cmdline);
+    let cmdline = boot.cmdline_with(&guest.cmdline, guest.pci);
     let rootfs_disks = rootfs
         .as_ref()
         .map(rootfs::Prepared::disks)
@@ -586,12 +597,45 @@ pub(crate) fn build(
         shared.devices.register(&name, disk.stats());
         virtio.add(&name, Box::new(disk)).map_err(err)?;
     }
-    attachments.attach(&s.zone, &shared, &mut virtio)?;
-    for (at, table) in acpi::tables(s.vcpus, &virtio.described).map_err(|e| err(e.into()))? {
+    let mut pci = match guest.pci {
+        true => Some((
+            PciBusBuilder::new(s.mem_size, cpu::phys_bits(&vm.cpuid)).map_err(|e| err(e.into()))?,
+            MsiRouter::new(&vm.fd).map_err(|e| err(LinuxError::Device(e.to_string())))?,
+        )),
+        false => None,
+    };
+    attachments.attach(
+        &s.zone,
+        &shared,
+        &mut virtio,
+        pci.as_mut().map(|(bus, router)| (bus, router.clone())),
+    )?;
+    let pci_root = pci.as_ref().map(|(bus, _)| {
+        let (low, high) = bus.windows();
+        acpi::PciRoot { low, high }
+    });
+    let tables = acpi::tables(s.vcpus, &virtio.described, pci_root.as_ref());
+    for (at, table) in tables.map_err(|e| err(e.into()))? {
         mem.write_slice(&table, GuestAddress(at))
             .map_err(|e| err(e.into()))?;
     }
-    let mmio = virtio.mmio;
+    let mut mmio = virtio.mmio;
+    let vcpu_kind = match pci.is_some() {
+        true => crate::seccomp::ThreadKind::PciVcpu,
+        false => crate::seccomp::ThreadKind::Vcpu,
+    };
+    if let Some((bus, _)) = pci {
+        let bus = bus.finish();
+        let (low, high) = (layout::PCI_MMIO32, bus.high_window());
+        let ecam = Arc::new(pci::Ecam(bus.clone()));
+        let low_bars = Arc::new(pci::BarWindow(bus.clone(), low.start));
+        let high_bars = Arc::new(pci::BarWindow(bus, high.start));
+        let placed = mmio
+            .insert(layout::PCI_ECAM, layout::PCI_ECAM_SIZE, ecam)
+            .and_then(|()| mmio.insert(low.start, low.end - low.start, low_bars))
+            .and_then(|()| mmio.insert(high.start, high.end - high.start, high_bars));
+        placed.map_err(|e| err(e.into()))?;
+    }
     phases.done("devices");
 
     let vcpus = s.vcpus(&vm, |fd, index| {
@@ -603,7 +647,7 @@ pub(crate) fn build(
         mmio,
         shared: shared.clone(),
     });
-    let zone = s.launch(vm, shared, vcpus, exits)?;
+    let zone = s.launch_as(vm, shared, vcpus, exits, vcpu_kind)?;
     zone.shared.boot.launched(phases.into_list());
     Ok(zone)
 }
@@ -661,7 +705,11 @@ mod tests {
             .cmdline("foo=bar");
         assert_eq!(
             boot.full_cmdline(),
-            format!("{BASE_CMDLINE} loglevel=7 foo=bar")
+            format!("{BASE_CMDLINE} {NO_PCI} loglevel=7 foo=bar")
+        );
+        assert_eq!(
+            boot.cmdline_with(&["zones.x=1".into()], true),
+            format!("{BASE_CMDLINE} loglevel=7 foo=bar zones.x=1")
         );
     }
 }

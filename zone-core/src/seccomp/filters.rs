@@ -4,7 +4,8 @@
 //! (rt_sigreturn, the kick to a vCPU and SIGABRT for a clean abort), reads and writes on the
 //! descriptors it was given, closing them, getrandom (std's hash maps), exit. Then:
 //! - vCPU threads: `ioctl` limited to KVM_RUN, KVM_GET_REGS and KVM_GET_SREGS (fault reports),
-//!   and `dup` (a device's activation hands its worker copies of the queue eventfds);
+//!   and `dup` (a device's activation hands its worker copies of the queue eventfds); in a zone
+//!   with PCI functions also KVM_SET_GSI_ROUTING (the guest programs MSI vectors);
 //! - device threads: their event manager (epoll), `ioctl(FIONBIO)` (non-blocking sockets) and
 //!   what the device declares ([`VirtioDevice::syscalls`](crate::device::VirtioDevice::syscalls):
 //!   a disk's positioned I/O and flushes, a network's Internet sockets and timer);
@@ -111,17 +112,16 @@ fn base() -> Rules {
 pub(crate) fn rules(kind: ThreadKind, extra: &[i64]) -> Rules {
     let mut r = base();
     match kind {
-        ThreadKind::Vcpu => {
-            allow_values(
-                &mut r,
-                libc::SYS_ioctl,
-                1,
-                &[
-                    KVM_RUN,
-                    kvm_ior(0x81, std::mem::size_of::<kvm_bindings::kvm_regs>()),
-                    kvm_ior(0x83, std::mem::size_of::<kvm_bindings::kvm_sregs>()),
-                ],
-            );
+        ThreadKind::Vcpu | ThreadKind::PciVcpu => {
+            let mut ioctls = vec![
+                KVM_RUN,
+                kvm_ior(0x81, std::mem::size_of::<kvm_bindings::kvm_regs>()),
+                kvm_ior(0x83, std::mem::size_of::<kvm_bindings::kvm_sregs>()),
+            ];
+            if kind == ThreadKind::PciVcpu {
+                ioctls.push(crate::device::VCPU_ROUTING_IOCTL);
+            }
+            allow_values(&mut r, libc::SYS_ioctl, 1, &ioctls);
             allow(&mut r, &[libc::SYS_dup]);
         }
         ThreadKind::Device => {
@@ -230,6 +230,7 @@ mod tests {
     fn every_kind_compiles_and_forbids_the_dangerous_calls() {
         for kind in [
             ThreadKind::Vcpu,
+            ThreadKind::PciVcpu,
             ThreadKind::Device,
             ThreadKind::Helper,
             ThreadKind::Deadlines,
@@ -265,5 +266,12 @@ mod tests {
             "socket for AF_INET and AF_INET6 only"
         );
         assert!(net.get(&libc::SYS_connect).is_some_and(Vec::is_empty));
+        let ioctls = |kind| rules(kind, &[]).get(&libc::SYS_ioctl).map_or(0, Vec::len);
+        assert_eq!(ioctls(ThreadKind::Vcpu), 3);
+        assert_eq!(
+            ioctls(ThreadKind::PciVcpu),
+            4,
+            "KVM_SET_GSI_ROUTING only where PCI functions are"
+        );
     }
 }

@@ -44,6 +44,9 @@ pub enum Seccomp {
 pub enum ThreadKind {
     /// A vCPU thread: KVM_RUN and the exits it serves.
     Vcpu,
+    /// A vCPU thread of a zone with PCI functions: also KVM_SET_GSI_ROUTING, which routes an MSI
+    /// vector again when the guest programs it.
+    PciVcpu,
     /// A device's event-loop thread (plus what the device asks for).
     Device,
     /// A short-lived helper that moves bytes for the embedder (exec's stdin feeder).
@@ -58,7 +61,7 @@ impl ThreadKind {
     /// The kind as written in reports (`vCPU`, `device`, ...).
     pub fn name(self) -> &'static str {
         match self {
-            Self::Vcpu => "vCPU",
+            Self::Vcpu | Self::PciVcpu => "vCPU",
             Self::Device => "device",
             Self::Helper => "helper",
             Self::Deadlines => "deadline",

@@ -1,23 +1,28 @@
-//! PCI for device models: configuration space with write masks and BARs ([`ConfigSpace`]),
-//! MSI-X emulation ([`Msix`]) and BAR placement ([`BarAllocator`]). These are the parts a PCI
-//! device needs whatever it is (VFIO passthrough in zone-gpu, virtio-pci later); the host
-//! bridge, the ECAM window and the ACPI description that make Linux zones enumerate them come
-//! with the first PCI device.
+//! PCI for device models: what a function implements ([`PciFunction`]), configuration space
+//! with write masks and BARs ([`ConfigSpace`]), MSI-X emulation ([`Msix`]) and BAR placement
+//! ([`BarAllocator`]). These are the parts a PCI device needs whatever it is (VFIO passthrough
+//! in zone-gpu, virtio-pci later). A Linux zone gets its PCI bus (host bridge, ECAM window, MCFG
+//! and DSDT description, BAR decoding) when an attachment on
+//! [`Transport::Pci`](super::Transport::Pci) is granted; without one it boots with `pci=off`.
 //!
 //! Everything the guest sends (configuration accesses, table writes) is bounds-checked and
 //! never panics; a fuzz target (`pci_config`) drives both with arbitrary access sequences.
 
 mod bar;
 mod config;
+mod function;
 mod msix;
+mod routed;
 
 pub use bar::BarAllocator;
 pub use config::{
     Bar, BarKind, CONFIG_SPACE_SIZE, ConfigChange, ConfigSpace, Header, command, reg,
 };
+pub use function::PciFunction;
 pub use msix::{
     CAPABILITY_ID as MSIX_CAPABILITY_ID, Delivery, MAX_VECTORS, MsiMessage, Msix, TableChange,
 };
+pub use routed::RoutedMsix;
 
 /// Why a PCI function could not be described as asked.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
