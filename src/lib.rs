@@ -126,6 +126,10 @@ pub use zone_core::*;
 /// Networking for zones: [`net::Net`], [`net::NetPolicy`], live controls ([`net::NetControl`]).
 pub use zone_net as net;
 
+/// PCI passthrough for zones: [`gpu::Gpu`] (a device bound to vfio-pci, granted by address),
+/// its control ([`gpu::GpuControl`]).
+pub use zone_gpu as gpu;
+
 /// The types most programs need.
 pub mod prelude {
     pub use zone_core::{
@@ -133,6 +137,7 @@ pub mod prelude {
         HostFnError, HostFnResult, Violation, Zone, ZoneBuilder, ZoneEvent, ZoneExit, ZoneHandle,
         ZoneMetrics, ZoneState,
     };
+    pub use zone_gpu::{Gpu, GpuBuilderExt, GpuControl};
     pub use zone_net::{Net, NetBuilderExt, NetControl, NetPolicy};
 
     /// The async face (feature `tokio`).

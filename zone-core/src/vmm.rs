@@ -167,6 +167,7 @@ impl Settings {
             threads: Vec::new(),
             vm: Some(vm.fd),
             kvm: Some(vm.kvm),
+            keep: Vec::new(),
         };
         if let Some(after) = self.deadline {
             zone.set_deadline(after);

@@ -446,6 +446,10 @@ pub struct Zone {
     pub(crate) threads: Vec<JoinHandle<()>>,
     pub(crate) vm: Option<VmFd>,
     pub(crate) kvm: Option<Kvm>,
+    /// Device models released only after the vCPU threads are joined, on the thread that drops
+    /// the zone (a passed-through PCI function resets its device then, which a vCPU thread's
+    /// filter would refuse).
+    pub(crate) keep: Vec<Arc<dyn std::any::Any + Send + Sync>>,
 }
 
 impl Zone {
@@ -480,6 +484,7 @@ impl Drop for Zone {
         for thread in self.threads.drain(..) {
             let _ = thread.join();
         }
+        self.keep.clear();
         drop(self.vm.take());
         drop(self.kvm.take());
         *self

@@ -78,6 +78,7 @@ impl GuestSetup<'_> {
 pub struct AttachContext {
     pub(crate) host: DeviceHost,
     pub(crate) msi: Option<Arc<MsiRouter>>,
+    pub(crate) memory: vm_memory::GuestMemoryMmap,
 }
 
 impl AttachContext {
@@ -94,6 +95,12 @@ impl AttachContext {
     /// The device's link to its zone, for its threads to report through.
     pub fn host(&self) -> DeviceHost {
         self.host.clone()
+    }
+
+    /// The zone's guest memory (a passed-through device maps it for DMA, guest-physical
+    /// addresses as I/O virtual addresses).
+    pub fn memory(&self) -> &vm_memory::GuestMemoryMmap {
+        &self.memory
     }
 
     /// A new MSI vector routed through KVM (for a PCI function's MSI or MSI-X): silent until

@@ -20,6 +20,11 @@ pub trait DeviceControl: Send + Sync + 'static {
     }
     /// The quarantine was released: undo what [`quarantine`](Self::quarantine) cut.
     fn release(&self) {}
+    /// The zone was paused (`true`: every vCPU is parked and every device thread has
+    /// acknowledged) or resumes (`false`, before the vCPUs run again). A device that moves data
+    /// on its own without a thread of zones' (a passed-through function's DMA) stops it here.
+    /// May come more than once with the same value.
+    fn set_paused(&self, _paused: bool) {}
     /// The zone stopped; every vCPU has left the guest. Fail whatever still waits on the guest.
     fn stopped(&self, _exit: &ZoneExit) {}
 }
@@ -193,10 +198,14 @@ impl Devices {
             threads.paused = paused;
             threads.runners.iter().filter_map(Weak::upgrade).collect()
         };
-        runners
+        let silent = runners
             .into_iter()
             .filter(|r| !r.set_paused(paused))
             .map(|r| r.name.clone())
-            .collect()
+            .collect();
+        for (_, control) in self.controls() {
+            control.set_paused(paused);
+        }
+        silent
     }
 }

@@ -211,6 +211,7 @@ impl Attachments {
                     (Transport::Pci, Some((_, router))) => Some(router.clone()),
                     _ => None,
                 },
+                memory: virtio.mem.clone(),
             };
             let attached = a.attach(&cx).map_err(err)?;
             let returned = attached.device.transport();

@@ -624,8 +624,10 @@ pub(crate) fn build(
         true => crate::seccomp::ThreadKind::PciVcpu,
         false => crate::seccomp::ThreadKind::Vcpu,
     };
+    let mut keep: Option<Arc<pci::PciBus>> = None;
     if let Some((bus, _)) = pci {
         let bus = bus.finish();
+        keep = Some(bus.clone());
         let (low, high) = (layout::PCI_MMIO32, bus.high_window());
         let ecam = Arc::new(pci::Ecam(bus.clone()));
         let low_bars = Arc::new(pci::BarWindow(bus.clone(), low.start));
@@ -647,7 +649,9 @@ pub(crate) fn build(
         mmio,
         shared: shared.clone(),
     });
-    let zone = s.launch_as(vm, shared, vcpus, exits, vcpu_kind)?;
+    let mut zone = s.launch_as(vm, shared, vcpus, exits, vcpu_kind)?;
+    zone.keep
+        .extend(keep.map(|b| b as Arc<dyn std::any::Any + Send + Sync>));
     zone.shared.boot.launched(phases.into_list());
     Ok(zone)
 }

@@ -5,7 +5,9 @@
 //! descriptors it was given, closing them, getrandom (std's hash maps), exit. Then:
 //! - vCPU threads: `ioctl` limited to KVM_RUN, KVM_GET_REGS and KVM_GET_SREGS (fault reports),
 //!   and `dup` (a device's activation hands its worker copies of the queue eventfds); in a zone
-//!   with PCI functions also KVM_SET_GSI_ROUTING (the guest programs MSI vectors);
+//!   with PCI functions also KVM_SET_GSI_ROUTING (the guest programs MSI vectors),
+//!   VFIO_DEVICE_SET_IRQS and VFIO_DEVICE_RESET (a passed-through function's MSI-X and reset)
+//!   and positioned reads and writes (its trapped BAR and configuration accesses);
 //! - device threads: their event manager (epoll), `ioctl(FIONBIO)` (non-blocking sockets) and
 //!   what the device declares ([`VirtioDevice::syscalls`](crate::device::VirtioDevice::syscalls):
 //!   a disk's positioned I/O and flushes, a network's Internet sockets and timer);
@@ -28,6 +30,11 @@ type Rules = BTreeMap<i64, Vec<SeccompRule>>;
 fn kvm_ior(nr: u64, size: usize) -> u64 {
     (2 << 30) | ((size as u64) << 16) | (0xae << 8) | nr
 }
+
+/// VFIO_DEVICE_SET_IRQS (`_IO(VFIO_TYPE, VFIO_BASE + 10)`).
+const VFIO_DEVICE_SET_IRQS: u64 = (b';' as u64) << 8 | (100 + 10);
+/// VFIO_DEVICE_RESET (`_IO(VFIO_TYPE, VFIO_BASE + 11)`).
+const VFIO_DEVICE_RESET: u64 = (b';' as u64) << 8 | (100 + 11);
 
 /// KVM_RUN (`_IO(KVMIO, 0x80)`).
 const KVM_RUN: u64 = 0xae80;
@@ -119,7 +126,12 @@ pub(crate) fn rules(kind: ThreadKind, extra: &[i64]) -> Rules {
                 kvm_ior(0x83, std::mem::size_of::<kvm_bindings::kvm_sregs>()),
             ];
             if kind == ThreadKind::PciVcpu {
-                ioctls.push(crate::device::VCPU_ROUTING_IOCTL);
+                ioctls.extend([
+                    crate::device::VCPU_ROUTING_IOCTL,
+                    VFIO_DEVICE_SET_IRQS,
+                    VFIO_DEVICE_RESET,
+                ]);
+                allow(&mut r, &[libc::SYS_pread64, libc::SYS_pwrite64]);
             }
             allow_values(&mut r, libc::SYS_ioctl, 1, &ioctls);
             allow(&mut r, &[libc::SYS_dup]);
@@ -270,8 +282,10 @@ mod tests {
         assert_eq!(ioctls(ThreadKind::Vcpu), 3);
         assert_eq!(
             ioctls(ThreadKind::PciVcpu),
-            4,
-            "KVM_SET_GSI_ROUTING only where PCI functions are"
+            6,
+            "KVM_SET_GSI_ROUTING and VFIO's two only where PCI functions are"
         );
+        assert_eq!((VFIO_DEVICE_SET_IRQS, VFIO_DEVICE_RESET), (0x3b6e, 0x3b6f));
+        assert!(!rules(ThreadKind::Vcpu, &[]).contains_key(&libc::SYS_pwrite64));
     }
 }

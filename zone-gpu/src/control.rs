@@ -1,0 +1,217 @@
+//! The passed-through device's state shared by its function (vCPU threads) and its control (the
+//! zone's controllers): the command register the guest wants and what containment allows of it,
+//! the DMA mappings, the counters.
+
+use crate::policy::{Checked, GpuError};
+use crate::vfio::CONFIG_REGION;
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use vfio_ioctls::{VfioContainer, VfioDevice};
+use zone_core::ZoneExit;
+use zone_core::device::pci::command;
+use zone_core::device::{DeviceControl, DeviceEvidence};
+
+/// Counters of one passed-through device.
+#[derive(Debug, Default)]
+pub(crate) struct Stats {
+    dma_mapped: AtomicU64,
+    bar_reads: AtomicU64,
+    bar_writes: AtomicU64,
+    config_refused: AtomicU64,
+}
+
+impl Stats {
+    pub(crate) fn bar_read(&self) {
+        self.bar_reads.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn bar_write(&self) {
+        self.bar_writes.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn config_refused(&self) {
+        self.config_refused.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// The device, open.
+pub(crate) struct Device {
+    pub(crate) vfio: VfioDevice,
+    container: Arc<VfioContainer>,
+    checked: Checked,
+    pub(crate) stats: Stats,
+    /// The command register as the guest last wrote it.
+    guest_command: AtomicU16,
+    /// Containment: DMA stopped (paused, quarantined or stopped zone).
+    paused: AtomicBool,
+    quarantined: AtomicBool,
+    stopped: AtomicBool,
+    /// Serializes writes of the device's command register.
+    command_lock: Mutex<()>,
+    mapped: Mutex<Vec<(u64, u64)>>,
+}
+
+impl Device {
+    pub(crate) fn new(vfio: VfioDevice, container: Arc<VfioContainer>, checked: Checked) -> Self {
+        Self {
+            vfio,
+            container,
+            checked,
+            stats: Stats::default(),
+            guest_command: AtomicU16::new(0),
+            paused: AtomicBool::new(false),
+            quarantined: AtomicBool::new(false),
+            stopped: AtomicBool::new(false),
+            command_lock: Mutex::new(()),
+            mapped: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Resets the device, where it has a reset.
+    pub(crate) fn reset(&self) {
+        if self.checked.resettable {
+            self.vfio.reset();
+        }
+    }
+
+    /// Maps `len` bytes of guest memory at guest-physical `gpa` (host address `host`) for the
+    /// device's DMA.
+    pub(crate) fn map_dma(&self, gpa: u64, len: u64, host: *mut u8) -> Result<(), GpuError> {
+        // SAFETY: `host..host + len` is guest memory, which zones accesses only through
+        // volatile copies and system calls, and which outlives the mapping: the device (and with
+        // it this mapping) is released before the zone's memory (Zone::drop).
+        unsafe { self.container.vfio_dma_map(gpa, len as usize, host) }.map_err(|e| {
+            GpuError::Vfio {
+                address: self.checked.address.clone(),
+                detail: format!("mapping guest memory {gpa:#x}+{len:#x} for DMA: {e}"),
+            }
+        })?;
+        self.mapped
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((gpa, len));
+        self.stats.dma_mapped.fetch_add(len, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// The guest wrote the command register.
+    pub(crate) fn set_guest_command(&self, value: u16) {
+        self.guest_command.store(value, Ordering::SeqCst);
+        self.apply_command();
+    }
+
+    /// Writes the device's command register: the guest's memory decoding and bus mastering,
+    /// bus mastering only while containment allows DMA, INTx always disabled.
+    fn apply_command(&self) {
+        let _serial = self.command_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let mut value =
+            self.guest_command.load(Ordering::SeqCst) & (command::MEMORY | command::BUS_MASTER);
+        if !self.dma_allowed() {
+            value &= !command::BUS_MASTER;
+        }
+        value |= command::INTX_DISABLE;
+        self.vfio
+            .region_write(CONFIG_REGION, &value.to_le_bytes(), 4);
+    }
+
+    fn dma_allowed(&self) -> bool {
+        !(self.paused.load(Ordering::SeqCst)
+            || self.quarantined.load(Ordering::SeqCst)
+            || self.stopped.load(Ordering::SeqCst))
+    }
+
+    /// The device's bus mastering as last written.
+    fn bus_master(&self) -> bool {
+        let mut b = [0u8; 2];
+        self.vfio.region_read(CONFIG_REGION, &mut b, 4);
+        u16::from_le_bytes(b) & command::BUS_MASTER != 0
+    }
+
+    /// The zone let go of the device: no DMA, no mappings, reset.
+    pub(crate) fn release(&self) {
+        self.stopped.store(true, Ordering::SeqCst);
+        self.apply_command();
+        let mapped = std::mem::take(&mut *self.mapped.lock().unwrap_or_else(|e| e.into_inner()));
+        for (gpa, len) in mapped {
+            if let Err(e) = self.container.vfio_dma_unmap(gpa, len as usize) {
+                tracing::warn!(target: "zones::device", device = %self.checked.address, error = %e, "DMA unmap");
+            }
+        }
+        self.reset();
+        tracing::debug!(target: "zones::device", device = %self.checked.address, group = self.checked.group, reset = self.checked.resettable, "passthrough released");
+    }
+}
+
+/// A passed-through device's control: containment of its DMA and its counters. Find it with
+/// `zone.device::<GpuControl>()`.
+pub struct GpuControl {
+    device: Arc<Device>,
+}
+
+impl std::fmt::Debug for GpuControl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GpuControl")
+            .field("address", &self.device.checked.address)
+            .finish_non_exhaustive()
+    }
+}
+
+impl GpuControl {
+    pub(crate) fn new(device: Arc<Device>) -> Self {
+        Self { device }
+    }
+
+    /// The PCI address of the device.
+    pub fn address(&self) -> &str {
+        &self.device.checked.address
+    }
+
+    /// Whether the device's bus mastering (its DMA) is on now, read back from the device.
+    pub fn bus_master(&self) -> bool {
+        self.device.bus_master()
+    }
+}
+
+impl DeviceControl for GpuControl {
+    fn counters(&self) -> Vec<(&'static str, u64)> {
+        let s = &self.device.stats;
+        vec![
+            ("dma_mapped_bytes", s.dma_mapped.load(Ordering::Relaxed)),
+            ("bar_reads", s.bar_reads.load(Ordering::Relaxed)),
+            ("bar_writes", s.bar_writes.load(Ordering::Relaxed)),
+            (
+                "config_writes_refused",
+                s.config_refused.load(Ordering::Relaxed),
+            ),
+            ("resettable", u64::from(self.device.checked.resettable)),
+        ]
+    }
+
+    fn quarantine(&self) -> Option<DeviceEvidence> {
+        self.device.quarantined.store(true, Ordering::SeqCst);
+        self.device.apply_command();
+        Some(DeviceEvidence {
+            device: self.device.checked.address.clone(),
+            lines: vec![format!(
+                "PCI device {}: bus mastering off (no DMA) until released",
+                self.device.checked.address
+            )],
+            detail: None,
+        })
+    }
+
+    fn release(&self) {
+        self.device.quarantined.store(false, Ordering::SeqCst);
+        self.device.apply_command();
+    }
+
+    fn set_paused(&self, paused: bool) {
+        self.device.paused.store(paused, Ordering::SeqCst);
+        self.device.apply_command();
+    }
+
+    fn stopped(&self, _exit: &ZoneExit) {
+        self.device.stopped.store(true, Ordering::SeqCst);
+        self.device.apply_command();
+    }
+}

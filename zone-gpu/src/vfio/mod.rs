@@ -1,0 +1,228 @@
+//! The passed-through function, on vfio-ioctls: a type1 container holding the device's group,
+//! every guest RAM region mapped for DMA at its guest-physical address, BAR accesses trapped and
+//! forwarded to the device's regions, MSI-X emulated and its vectors handed to VFIO as the
+//! eventfds of KVM-routed vectors.
+
+mod config;
+
+use crate::control::{Device, GpuControl};
+use crate::policy::{Checked, GpuError, check_memlock};
+use std::sync::Arc;
+use vfio_ioctls::{VfioContainer, VfioDevice, VfioError};
+use vm_memory::{GuestMemoryBackend, GuestMemoryRegion, MemoryRegionAddress};
+use zone_core::device::AttachContext;
+use zone_core::device::pci::{
+    ConfigChange, ConfigSpace, MSIX_CAPABILITY_ID, PciFunction, RoutedMsix,
+};
+
+/// VFIO's region index of the configuration space (`VFIO_PCI_CONFIG_REGION_INDEX`).
+pub(crate) const CONFIG_REGION: u32 = 7;
+
+/// The function on the zone's PCI bus.
+pub(crate) struct Passthrough {
+    device: Arc<Device>,
+    config: ConfigSpace,
+    msix: Option<(RoutedMsix, u16, config::MsixPlace)>,
+    /// Whether the device's own MSI-X is enabled (with the vectors' eventfds).
+    device_msix: bool,
+}
+
+fn vfio_err(address: &str, e: VfioError) -> GpuError {
+    let errno = |e: &VfioError| match e {
+        VfioError::OpenGroup(io, _) => io.raw_os_error(),
+        VfioError::ContainerSetIOMMU(sys) => Some(sys.errno()),
+        _ => None,
+    };
+    match (&e, errno(&e)) {
+        (VfioError::OpenGroup(..), Some(libc::EBUSY)) => GpuError::Busy {
+            address: address.to_string(),
+        },
+        (VfioError::ContainerSetIOMMU(_), Some(libc::EPERM)) => GpuError::NoInterruptRemapping {
+            address: address.to_string(),
+        },
+        _ => GpuError::Vfio {
+            address: address.to_string(),
+            detail: e.to_string(),
+        },
+    }
+}
+
+/// Opens the checked device for the zone of `cx`: container, group, device; DMA mappings;
+/// reset; the guest's configuration space.
+pub(crate) fn open(
+    checked: Checked,
+    cx: &AttachContext,
+) -> Result<(Passthrough, Arc<GpuControl>), GpuError> {
+    let address = checked.address.clone();
+    let memory = cx.memory();
+    let ram: u64 = memory.iter().map(|r| r.len()).sum();
+    check_memlock(ram)?;
+    let container = Arc::new(VfioContainer::new(None).map_err(|e| vfio_err(&address, e))?);
+    let vfio = VfioDevice::new(&checked.path, container.clone(), false)
+        .map_err(|e| vfio_err(&address, e))?;
+    let device = Arc::new(Device::new(vfio, container, checked));
+    // A known state before the guest sees it (a device without a reset keeps what it had).
+    device.reset();
+    for region in memory.iter() {
+        let host = region
+            .get_host_address(MemoryRegionAddress(0))
+            .map_err(|e| GpuError::Vfio {
+                address: address.clone(),
+                detail: format!("guest memory: {e}"),
+            })?;
+        device.map_dma(region.start_addr().0, region.len(), host)?;
+    }
+    let mut raw = [0u8; 256];
+    device.vfio.region_read(CONFIG_REGION, &mut raw, 0);
+    let layout = config::layout(&raw, |i| device.vfio.get_region_size(i as u32));
+    let pci = |e| GpuError::Vfio {
+        address: address.clone(),
+        detail: format!("describing the function: {e}"),
+    };
+    let (config, msix) = config::guest_space(&layout).map_err(pci)?;
+    let msix = match (msix, layout.msix) {
+        (Some((msix, at)), Some(place)) => {
+            let routed = RoutedMsix::new(msix, cx).map_err(|e| GpuError::Vfio {
+                address: address.clone(),
+                detail: format!("MSI-X vectors: {e}"),
+            })?;
+            Some((routed, at, place))
+        }
+        _ => None,
+    };
+    // Bus mastering and decoding off until the guest's driver turns them on.
+    device.set_guest_command(0);
+    let control = Arc::new(GpuControl::new(device.clone()));
+    Ok((
+        Passthrough {
+            device,
+            config,
+            msix,
+            device_msix: false,
+        },
+        control,
+    ))
+}
+
+impl Passthrough {
+    /// The MSI-X table or PBA access at `offset` of BAR `bar`, if it is one.
+    fn msix_access(&self, bar: usize, offset: u64, len: usize) -> Option<MsixAccess> {
+        let (routed, _, place) = self.msix.as_ref()?;
+        let table_len = u64::from(routed.msix().vectors()) * 16;
+        let pba_len = routed.msix().pba_size();
+        let within = |start: u64, size: u64| {
+            offset >= start
+                && offset
+                    .checked_add(len as u64)
+                    .is_some_and(|end| end <= start + size)
+        };
+        if bar == place.table_bar && within(place.table_offset, table_len) {
+            return Some(MsixAccess::Table(offset - place.table_offset));
+        }
+        if bar == place.pba_bar && within(place.pba_offset, pba_len) {
+            return Some(MsixAccess::Pba(offset - place.pba_offset));
+        }
+        None
+    }
+
+    /// Follows the guest's MSI-X enable on the device: the vectors' eventfds while enabled.
+    fn sync_device_msix(&mut self) {
+        let Some((routed, _, _)) = self.msix.as_ref() else {
+            return;
+        };
+        let want = routed.msix().enabled();
+        if want == self.device_msix {
+            return;
+        }
+        let result = match want {
+            true => {
+                let fds = (0..routed.msix().vectors())
+                    .filter_map(|v| routed.vector(v).map(|v| v.eventfd()))
+                    .collect();
+                self.device.vfio.enable_msix(fds)
+            }
+            false => self.device.vfio.disable_msix(),
+        };
+        match result {
+            Ok(()) => self.device_msix = want,
+            Err(e) => {
+                tracing::warn!(target: "zones::device", error = %e, enable = want, "VFIO MSI-X")
+            }
+        }
+    }
+}
+
+enum MsixAccess {
+    Table(u64),
+    Pba(u64),
+}
+
+impl PciFunction for Passthrough {
+    fn config(&self) -> &ConfigSpace {
+        &self.config
+    }
+
+    fn config_mut(&mut self) -> &mut ConfigSpace {
+        &mut self.config
+    }
+
+    fn config_write(&mut self, offset: u16, data: &[u8]) -> Option<ConfigChange> {
+        let mut bytes = [0u8; 4];
+        let n = data.len().min(4);
+        bytes[..n].copy_from_slice(&data[..n]);
+        let change = self
+            .config
+            .write(offset, data.len(), u32::from_le_bytes(bytes));
+        match change {
+            None => self.device.stats.config_refused(),
+            Some(ConfigChange::Command { to, .. }) => self.device.set_guest_command(to),
+            Some(ConfigChange::Capability { capability, id }) if id == MSIX_CAPABILITY_ID => {
+                if let Some((routed, at, _)) = self.msix.as_mut()
+                    && *at == capability
+                {
+                    if let Err(e) = routed.control_written(&self.config, capability) {
+                        tracing::warn!(target: "zones::device", error = %e, "MSI-X routing");
+                    }
+                    self.sync_device_msix();
+                }
+            }
+            Some(_) => {}
+        }
+        change
+    }
+
+    fn bar_read(&mut self, bar: usize, offset: u64, data: &mut [u8]) {
+        self.device.stats.bar_read();
+        match self.msix_access(bar, offset, data.len()) {
+            Some(MsixAccess::Table(at)) => {
+                self.msix.as_ref().map_or((), |m| m.0.read_table(at, data))
+            }
+            Some(MsixAccess::Pba(at)) => self.msix.as_ref().map_or((), |m| m.0.read_pba(at, data)),
+            None => self.device.vfio.region_read(bar as u32, data, offset),
+        }
+    }
+
+    fn bar_write(&mut self, bar: usize, offset: u64, data: &[u8]) {
+        self.device.stats.bar_write();
+        match self.msix_access(bar, offset, data.len()) {
+            Some(MsixAccess::Table(at)) => {
+                if let Some((routed, _, _)) = self.msix.as_mut()
+                    && let Err(e) = routed.write_table(at, data)
+                {
+                    tracing::warn!(target: "zones::device", error = %e, "MSI-X routing");
+                }
+            }
+            Some(MsixAccess::Pba(_)) => self.device.stats.config_refused(),
+            None => self.device.vfio.region_write(bar as u32, data, offset),
+        }
+    }
+}
+
+impl Drop for Passthrough {
+    fn drop(&mut self) {
+        if self.device_msix {
+            let _ = self.device.vfio.disable_msix();
+        }
+        self.device.release();
+    }
+}
