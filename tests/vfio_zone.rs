@@ -172,3 +172,86 @@ fn nvme_passes_through_its_driver_binds_with_msix_and_writes_reach_the_disk() {
     );
     assert_eq!(again, token);
 }
+
+/// QEMU's edu.
+const EDU: (u16, u16) = (0x1234, 0x11e8);
+/// Guest RAM the guest kernel leaves alone (`memmap=1M$0x6000000`), for the DMA buffers.
+const BUFFER: u64 = 0x600_0000;
+/// An address outside the zone's 128 MiB (and below edu's 28-bit DMA mask): not mapped.
+const OUTSIDE: u64 = 0xc00_0000;
+
+#[test]
+fn edu_computes_and_its_dma_reaches_guest_memory_but_nothing_outside_it() {
+    let Some(address) = find(EDU) else {
+        return;
+    };
+    let z = Zone::builder()
+        .memory_mib(128)
+        .linux(common::boot().cmdline("memmap=1M$0x6000000"))
+        .gpu(Gpu::vfio(&address).expect_id(EDU.0, EDU.1).bind_vfio(true))
+        .deadline(common::scaled(Duration::from_secs(180)))
+        .build()
+        .expect("edu passed through");
+    // The guest has no driver for edu: it drives it by hand through /dev/mem, with memory
+    // decoding and bus mastering turned on in its command register. Each edu transfer waits for
+    // a 100 ms timer; the script polls the command register until the transfer is done.
+    let script = format!(
+        r#"d=/sys/bus/pci/devices/0000:00:01.0
+b=$(head -1 $d/resource | cut -d' ' -f1)
+printf '\006' | dd of=$d/config bs=1 seek=4 conv=notrunc 2>/dev/null
+r() {{ busybox devmem $(( b + $1 )) ${{2:-32}}; }}
+w() {{ busybox devmem $(( b + $1 )) ${{3:-32}} $2; }}
+dma() {{ w 0x80 $1 64; w 0x88 $2 64; w 0x90 8 64; w 0x98 $3 64
+  for i in $(seq 100); do [ $(( $(r 0x98 64) & 1 )) = 0 ] && return; sleep 0.1; done; echo stuck; }}
+echo id $(r 0)
+w 8 5; for i in $(seq 100); do [ $(( $(r 0x20) & 1 )) = 0 ] && break; sleep 0.05; done
+echo fact $(( $(r 8) ))
+busybox devmem {BUFFER} 64 0x1122334455667788
+dma {BUFFER} 0x40000 1
+dma 0x40000 $(( {BUFFER} + 256 )) 3
+echo back $(busybox devmem $(( {BUFFER} + 256 )) 64)
+busybox devmem $(( {BUFFER} + 768 )) 64 0
+dma $(( {BUFFER} + 768 )) 0x40000 1
+dma {OUTSIDE} 0x40000 1
+dma 0x40000 $(( {BUFFER} + 512 )) 3
+echo outside $(busybox devmem $(( {BUFFER} + 512 )) 64)
+"#
+    );
+    let out = sh(&z, &script);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.first(), Some(&"id 0x010000ED"), "{out}");
+    assert!(lines.contains(&"fact 120"), "{out}");
+    assert!(
+        lines.contains(&"back 0x1122334455667788"),
+        "a DMA round trip through edu:\n{out}"
+    );
+    assert!(!out.contains("stuck"), "{out}");
+    let outside = lines
+        .iter()
+        .find(|l| l.starts_with("outside "))
+        .copied()
+        .unwrap_or("");
+    assert_ne!(outside, "outside 0x1122334455667788", "{out}");
+    // The lab's IOMMU refused the read at the unmapped address (its kernel logs the fault).
+    let log = std::process::Command::new("dmesg").output().expect("dmesg");
+    let log = String::from_utf8_lossy(&log.stdout);
+    let fault = log
+        .lines()
+        .filter(|l| l.contains("DMAR") && l.to_ascii_lowercase().contains(&format!("{OUTSIDE:x}")))
+        .collect::<Vec<_>>();
+    eprintln!(
+        "the lab's IOMMU on the DMA outside guest memory:\n{}",
+        fault.join("\n")
+    );
+    assert!(
+        !fault.is_empty(),
+        "no IOMMU fault for {OUTSIDE:#x}; DMAR lines:\n{}",
+        log.lines()
+            .filter(|l| l.contains("DMAR"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    let m = z.metrics();
+    let gpu = m.devices.iter().find(|d| d.device == "gpu0").expect("gpu0");
+    assert_eq!(gpu.get("resettable"), Some(0), "edu has no reset");
+}

@@ -112,8 +112,10 @@ fn pci_devices(pci: &PciRoot) -> [Vec<u8>; 2] {
         (pci.low.end - 1) as u32,
         None,
     );
+    // Not marked prefetchable: Linux claims a 64-bit BAR only in a window of its kind, and a
+    // non-prefetchable window takes both kinds (an nvme's 64-bit BAR 0 is not prefetchable).
     let high = AddressSpace::<u64>::new_memory(
-        AddressSpaceCacheable::PreFetchable,
+        AddressSpaceCacheable::NotCacheable,
         true,
         pci.high.start,
         pci.high.end - 1,
