@@ -515,6 +515,7 @@ pub fn pci_config(data: &[u8]) {
         return;
     };
     let chain: Vec<_> = c.capabilities().collect();
+    let pristine = c.clone();
     let fixed = [
         (reg::VENDOR_ID, 4),
         (reg::REVISION, 4),
@@ -554,6 +555,7 @@ pub fn pci_config(data: &[u8]) {
     }
     let after: Vec<u32> = fixed.iter().map(|&(o, l)| c.read(o, l)).collect();
     assert_eq!(before, after, "read-only header fields changed");
+    pci_bus(data, pristine);
     assert_eq!(chain, c.capabilities().collect::<Vec<_>>());
     for (i, bar) in bars {
         let address = c.bar_address(i).unwrap_or(0);
@@ -563,6 +565,60 @@ pub fn pci_config(data: &[u8]) {
             "BAR {i} misaligned: {address:#x}"
         );
     }
+}
+
+/// The same records as a Linux zone's PCI bus sees them: configuration accesses through the
+/// ECAM window to the host bridge, to a function with `config` and to absent devices, and
+/// accesses into the BAR windows, where the function's BARs decode or not as the guest's command
+/// register and BAR writes say. The host bridge's identity never changes; nothing panics.
+fn pci_bus(data: &[u8], config: crate::device::pci::ConfigSpace) {
+    use crate::device::pci::{ConfigSpace, PciFunction};
+    use crate::linux::pci::PciBusBuilder;
+    struct Function(ConfigSpace);
+    impl PciFunction for Function {
+        fn config(&self) -> &ConfigSpace {
+            &self.0
+        }
+        fn config_mut(&mut self) -> &mut ConfigSpace {
+            &mut self.0
+        }
+        fn bar_read(&mut self, _bar: usize, offset: u64, data: &mut [u8]) {
+            data.fill(offset as u8);
+        }
+        fn bar_write(&mut self, _bar: usize, _offset: u64, _data: &[u8]) {}
+    }
+    let Ok(mut builder) = PciBusBuilder::new(256 << 20, 40) else {
+        return;
+    };
+    if builder.add(Box::new(Function(config))).is_err() {
+        return;
+    }
+    let bus = builder.finish();
+    let (low, high) = (crate::linux::layout::PCI_MMIO32.start, 1u64 << 32);
+    for record in data.chunks_exact(8) {
+        let len = [1, 2, 4, 8, 3][usize::from(record[1] % 5)];
+        let offset = u16::from_le_bytes([record[2], record[3]]);
+        let value = u32::from_le_bytes([record[4], record[5], record[6], record[7]]);
+        // Devices 0 (the bridge), 1 (the function), 2 and 3 (absent); any register.
+        let ecam = (u64::from((record[1] >> 4) & 3) << 15) | u64::from(offset & 0xfff);
+        let bytes = u64::from(value).to_le_bytes();
+        let window = if record[1] & 0x40 != 0 { high } else { low };
+        let mut out = [0u8; 8];
+        match record[0] % 5 {
+            0 => bus.config_read(ecam, &mut out[..len]),
+            1 => bus.config_write(ecam, &bytes[..len]),
+            2 => bus.bar_write(window + u64::from(value & 0x7fff), &bytes[..len]),
+            3 => bus.bar_read(window + u64::from(value & 0x7fff), &mut out[..len]),
+            _ => bus.config_write((1 << 15) | 4, &bytes[..2]),
+        }
+    }
+    let mut id = [0u8; 4];
+    bus.config_read(0, &mut id);
+    assert_eq!(
+        u32::from_le_bytes(id),
+        0x0d57_8086,
+        "the host bridge's identity changed"
+    );
 }
 
 #[cfg(test)]

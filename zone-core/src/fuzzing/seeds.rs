@@ -72,10 +72,29 @@ fn pci_accesses() -> Vec<(&'static str, Vec<u8>)> {
     msix.extend(rec(1, 1, 0x42, 0x8000));
     msix.extend(rec(3, 3, 0x1000, 0));
     msix.extend(rec(4, 0, 1, 0));
+    // The bus as Linux walks it through ECAM (the second half of the target): the vendor of
+    // devices 0-3 (device in bits 4-5 of the second byte), the function's BAR sizing, memory
+    // decoding on, then reads and writes in both BAR windows (bit 6: the 64-bit window).
+    let mut bus = Vec::new();
+    for device in 0..4u8 {
+        bus.extend(rec(0, 2 | (device << 4), 0, 0));
+        bus.extend(rec(0, 2 | (device << 4), 8, 0));
+    }
+    for bar in 0..6u16 {
+        let at = 0x10 + 4 * bar;
+        bus.extend(rec(1, 2 | 0x10, at, u32::MAX));
+        bus.extend(rec(0, 2 | 0x10, at, 0));
+    }
+    bus.extend(rec(4, 0, 0, 0x0006));
+    bus.extend(rec(3, 2, 0, 0x8));
+    bus.extend(rec(2, 2, 0, 0x2000));
+    bus.extend(rec(3, 3 | 0x40, 0, 0x10));
+    bus.extend(rec(2, 2 | 0x40, 0, 0x0));
     vec![
         ("enumerate", enumerate),
         ("bar-sizing", sizing),
         ("msix-setup", msix),
+        ("bus-walk", bus),
     ]
 }
 

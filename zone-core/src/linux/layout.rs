@@ -157,7 +157,7 @@ mod tests {
         );
         assert!(virtio_mmio_base(31) + VIRTIO_MMIO_SIZE < IOAPIC);
         assert!(virtio_mmio_base(31) + VIRTIO_MMIO_SIZE <= PCI_ECAM);
-        assert!(PCI_ECAM + PCI_ECAM_SIZE <= IOAPIC);
+        const { assert!(PCI_ECAM + PCI_ECAM_SIZE <= IOAPIC) };
         const { assert!(KVM_TSS > MMIO_START && KVM_TSS > LAPIC) };
     }
 }

@@ -13,7 +13,7 @@ mod exits;
 mod initramfs;
 pub(crate) mod layout;
 mod payload;
-mod pci;
+pub(crate) mod pci;
 pub(crate) mod rootfs;
 
 pub use acpi::AcpiError;

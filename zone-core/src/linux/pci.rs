@@ -200,7 +200,7 @@ impl PciBus {
     }
 
     /// A configuration read at ECAM offset `offset` (bus 0).
-    fn config_read(&self, offset: u64, data: &mut [u8]) {
+    pub(crate) fn config_read(&self, offset: u64, data: &mut [u8]) {
         data.fill(0xff);
         let Some((device, reg)) = ecam_target(offset, data.len()) else {
             return;
@@ -217,7 +217,7 @@ impl PciBus {
         }
     }
 
-    fn config_write(&self, offset: u64, data: &[u8]) {
+    pub(crate) fn config_write(&self, offset: u64, data: &[u8]) {
         let Some((device, reg)) = ecam_target(offset, data.len()) else {
             return;
         };
@@ -243,7 +243,7 @@ impl PciBus {
         }
     }
 
-    fn bar_read(&self, addr: u64, data: &mut [u8]) {
+    pub(crate) fn bar_read(&self, addr: u64, data: &mut [u8]) {
         match self.find(addr, data.len()) {
             Some((function, bar, offset)) => {
                 if let Some(mut f) = self.function(function) {
@@ -254,7 +254,7 @@ impl PciBus {
         }
     }
 
-    fn bar_write(&self, addr: u64, data: &[u8]) {
+    pub(crate) fn bar_write(&self, addr: u64, data: &[u8]) {
         if let Some((function, bar, offset)) = self.find(addr, data.len())
             && let Some(mut f) = self.function(function)
         {

@@ -53,7 +53,7 @@ fn addresses_are_checked_before_sysfs() {
         "0000:4g:00.0",
         "0000:41:00.0.1",
     ] {
-        assert!(valid_address(bad) == false, "{bad}");
+        assert!(!valid_address(bad), "{bad}");
     }
     assert!(valid_address("0000:41:1f.7"));
     let sys = FakeSys::new("addr");

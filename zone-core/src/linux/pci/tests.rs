@@ -2,15 +2,18 @@ use super::*;
 use crate::device::pci::{Bar, reg};
 use std::sync::Mutex as StdMutex;
 
+/// Every BAR access a probe saw: (BAR, offset, length).
+type Seen = Arc<StdMutex<Vec<(usize, u64, usize)>>>;
+
 /// A function with a 4 KiB 32-bit BAR 0 and a 1 GiB 64-bit prefetchable BAR 2 that records
 /// every BAR access.
 struct Probe {
     config: ConfigSpace,
-    seen: Arc<StdMutex<Vec<(usize, u64, usize)>>>,
+    seen: Seen,
 }
 
 impl Probe {
-    fn new() -> (Box<Self>, Arc<StdMutex<Vec<(usize, u64, usize)>>>) {
+    fn new() -> (Box<Self>, Seen) {
         let mut config = ConfigSpace::new(&Header {
             vendor_id: 0x1b36,
             device_id: 0x0005,
@@ -73,7 +76,7 @@ fn read32(bus: &PciBus, offset: u64) -> u32 {
     u32::from_le_bytes(b)
 }
 
-fn bus_with_probe() -> (Arc<PciBus>, Arc<StdMutex<Vec<(usize, u64, usize)>>>) {
+fn bus_with_probe() -> (Arc<PciBus>, Seen) {
     let mut b = PciBusBuilder::new(256 << 20, 40).unwrap();
     let (probe, seen) = Probe::new();
     assert_eq!(b.add(probe).unwrap(), 1, "the first function is device 1");
