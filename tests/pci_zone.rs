@@ -54,11 +54,7 @@ impl PciFunction for Probe {
     }
 
     fn config_write(&mut self, offset: u16, data: &[u8]) -> Option<ConfigChange> {
-        let mut bytes = [0u8; 4];
-        bytes[..data.len().min(4)].copy_from_slice(&data[..data.len().min(4)]);
-        let change = self
-            .config
-            .write(offset, data.len(), u32::from_le_bytes(bytes));
+        let change = self.config.write_bytes(offset, data);
         if let Some(ConfigChange::Capability { capability, id }) = change
             && id == MSIX_CAPABILITY_ID
             && capability == self.msix_cap

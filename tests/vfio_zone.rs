@@ -90,6 +90,13 @@ fn nvme_passes_through_its_driver_binds_with_msix_and_writes_reach_the_disk() {
             && text.contains("bind_vfio(true)"),
         "{text}"
     );
+    // q35's ICH9 functions share one IOMMU group: a grant of one of them is refused, naming the
+    // others.
+    let e = nvme_zone(Gpu::vfio("0000:00:1f.2")).expect_err("a shared group is refused");
+    assert!(
+        e.to_string().contains("shares IOMMU group") && e.to_string().contains("0000:00:1f.0"),
+        "{e}"
+    );
     // The wrong device expected: refused.
     let e = nvme_zone(
         Gpu::vfio(&address)

@@ -167,12 +167,7 @@ impl PciFunction for Passthrough {
     }
 
     fn config_write(&mut self, offset: u16, data: &[u8]) -> Option<ConfigChange> {
-        let mut bytes = [0u8; 4];
-        let n = data.len().min(4);
-        bytes[..n].copy_from_slice(&data[..n]);
-        let change = self
-            .config
-            .write(offset, data.len(), u32::from_le_bytes(bytes));
+        let change = self.config.write_bytes(offset, data);
         match change {
             None => self.device.stats.config_refused(),
             Some(ConfigChange::Command { to, .. }) => self.device.set_guest_command(to),

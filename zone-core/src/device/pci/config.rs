@@ -424,6 +424,15 @@ impl ConfigSpace {
             .map(|&(capability, id, _)| ConfigChange::Capability { capability, id })
     }
 
+    /// [`write`](Self::write) of a guest access as its bytes (1, 2 or 4, little-endian; any
+    /// other length changes nothing).
+    pub fn write_bytes(&mut self, offset: u16, data: &[u8]) -> Option<ConfigChange> {
+        let mut bytes = [0u8; 4];
+        let n = data.len().min(4);
+        bytes[..n].copy_from_slice(&data[..n]);
+        self.write(offset, data.len(), u32::from_le_bytes(bytes))
+    }
+
     /// The BAR (lower slot index) whose register holds byte `at`.
     fn bar_slot(&self, at: usize) -> Option<usize> {
         let bar0 = usize::from(reg::BAR0);

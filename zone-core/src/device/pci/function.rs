@@ -33,11 +33,7 @@ pub trait PciFunction: Send + 'static {
     /// register makes the bus decode again. Default: through the write masks of
     /// [`config_mut`](Self::config_mut).
     fn config_write(&mut self, offset: u16, data: &[u8]) -> Option<ConfigChange> {
-        let mut bytes = [0u8; 4];
-        let n = data.len().min(4);
-        bytes[..n].copy_from_slice(&data[..n]);
-        self.config_mut()
-            .write(offset, data.len(), u32::from_le_bytes(bytes))
+        self.config_mut().write_bytes(offset, data)
     }
 
     /// A guest read at `offset` into memory BAR `bar` (trapped: the BAR is not mapped into the
