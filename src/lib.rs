@@ -72,7 +72,9 @@
 //!
 //! A zone sees what its builder granted and nothing else: no network device without
 //! `.net(..)` (and then only what its [`net::NetPolicy`] allows, DNS included), no disk without
-//! [`LinuxBoot::disk`], no host function without its registration. A request for what was not
+//! [`LinuxBoot::disk`], no PCI bus and no passed-through device without `.gpu(..)` (a
+//! [`gpu::Gpu`] names one host device by address, bound to vfio-pci behind an IOMMU; its DMA
+//! reaches the zone's memory only), no host function without its registration. A request for what was not
 //! granted is refused and reported as a [`ZoneEvent::Violation`] or [`ZoneEvent::Denied`]; it
 //! never falls back to something wider. Every thread zones starts runs under its own seccomp
 //! filter ([`seccomp`]).
@@ -82,8 +84,8 @@
 //! From any thread, through the [`Zone`] or a cloned [`ZoneHandle`]: [`ZoneHandle::pause`],
 //! [`ZoneHandle::resume`], [`ZoneHandle::kill`], [`ZoneHandle::set_deadline`],
 //! [`ZoneHandle::quarantine`] (paused, devices cut off, evidence returned), and for networked
-//! zones `net_cut()` and `set_net_policy(..)` ([`net::NetControl`]). They reach vCPUs and device
-//! threads alike. [`ZoneHandle::metrics`] gives the counters, [`ZoneHandle::events`] the stream of
+//! zones `net_cut()` and `set_net_policy(..)` ([`net::NetControl`]). They reach vCPUs, device
+//! threads and a passed-through device's DMA (its bus mastering) alike. [`ZoneHandle::metrics`] gives the counters, [`ZoneHandle::events`] the stream of
 //! lifecycle events and policy violations, and the same is said through `tracing` (targets
 //! `zones::build`, `zones::zone`, `zones::violation`, `zones::denied`, `zones::device`).
 //!
