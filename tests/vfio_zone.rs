@@ -186,9 +186,11 @@ const EDU: (u16, u16) = (0x1234, 0x11e8);
 const BUFFER: u64 = 0x600_0000;
 /// An address outside the zone's 128 MiB (and below edu's 28-bit DMA mask): not mapped.
 const OUTSIDE: u64 = 0xc00_0000;
+/// The vector the guest programs into edu's MSI.
+const MSI_VECTOR: u32 = 0xde;
 
 #[test]
-fn edu_computes_and_its_dma_reaches_guest_memory_but_nothing_outside_it() {
+fn edu_computes_its_dma_reaches_guest_memory_but_nothing_outside_it_and_its_msi_arrives() {
     let Some(address) = find(EDU) else {
         return;
     };
@@ -222,6 +224,15 @@ dma $(( {BUFFER} + 768 )) 0x40000 1
 dma {OUTSIDE} 0x40000 1
 dma 0x40000 $(( {BUFFER} + 512 )) 3
 echo outside $(busybox devmem $(( {BUFFER} + 512 )) 64)
+c=$(od -An -tu1 -j52 -N1 $d/config | tr -d ' ')
+echo cap $(od -An -tx1 -j$c -N1 $d/config | tr -d ' ')
+printf '\000\000\340\376' | dd of=$d/config bs=4 seek=$(( (c + 4) / 4 )) conv=notrunc 2>/dev/null
+printf '\000\000\000\000' | dd of=$d/config bs=4 seek=$(( (c + 8) / 4 )) conv=notrunc 2>/dev/null
+printf '\{MSI_VECTOR:o}\000' | dd of=$d/config bs=2 seek=$(( (c + 12) / 2 )) conv=notrunc 2>/dev/null
+printf '\001' | dd of=$d/config bs=1 seek=$(( c + 2 )) conv=notrunc 2>/dev/null
+w 0x60 1
+for i in $(seq 50); do busybox dmesg | grep -q 'No irq handler for vector' && break; sleep 0.1; done
+busybox dmesg | grep 'No irq handler for vector' || echo 'no interrupt'
 "#
     );
     let out = sh(&z, &script);

@@ -508,9 +508,11 @@ pub fn pci_config(data: &[u8]) {
     let Ok((body, mask)) = msix.capability((0, 0x2000), (0, 0x3000)) else {
         return;
     };
-    let (Ok(msix_at), Ok(_)) = (
+    let (msi_body, msi_mask) = crate::device::pci::msi_capability();
+    let (Ok(msix_at), Ok(_), Ok(msi_at)) = (
         c.add_capability(MSIX_CAPABILITY_ID, &body, &mask),
         c.add_capability(0x09, &[1, 2, 3, 4], &[0xff, 0, 0, 0]),
+        c.add_capability(crate::device::pci::MSI_CAPABILITY_ID, &msi_body, &msi_mask),
     ) else {
         return;
     };
@@ -555,6 +557,10 @@ pub fn pci_config(data: &[u8]) {
     }
     let after: Vec<u32> = fixed.iter().map(|&(o, l)| c.read(o, l)).collect();
     assert_eq!(before, after, "read-only header fields changed");
+    if let Some(m) = crate::device::pci::msi_message(&c, msi_at) {
+        assert_eq!(m.address & 3, 0, "an MSI address the guest wrote unaligned");
+        assert!(m.data <= 0xffff);
+    }
     pci_bus(data, pristine);
     assert_eq!(chain, c.capabilities().collect::<Vec<_>>());
     for (i, bar) in bars {

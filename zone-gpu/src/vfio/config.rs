@@ -1,9 +1,11 @@
 //! The guest's view of a passed-through function's configuration space, built from the device's
 //! own: its IDs and class, its memory BARs (sizes from VFIO), and an emulated MSI-X capability
-//! where the device has MSI-X. Nothing else of the device's space is shown.
+//! where the device has MSI-X, or else an emulated MSI capability (one vector) where it has MSI.
+//! Nothing else of the device's space is shown.
 
 use zone_core::device::pci::{
-    Bar, BarKind, ConfigSpace, Header, MSIX_CAPABILITY_ID, Msix, PciError,
+    Bar, BarKind, ConfigSpace, Header, MSI_CAPABILITY_ID, MSIX_CAPABILITY_ID, Msix, PciError,
+    msi_capability,
 };
 
 /// Where the device keeps its MSI-X table and PBA.
@@ -22,6 +24,8 @@ pub(crate) struct Layout {
     pub(crate) header: Header,
     pub(crate) bars: [Option<Bar>; 6],
     pub(crate) msix: Option<MsixPlace>,
+    /// The device has an MSI capability.
+    pub(crate) msi: bool,
 }
 
 fn u16_at(raw: &[u8], at: usize) -> u16 {
@@ -77,11 +81,13 @@ pub(crate) fn layout(raw: &[u8], region_size: impl Fn(usize) -> u64) -> Layout {
         header,
         bars,
         msix: msix_place(raw, &bars),
+        msi: capability(raw, MSI_CAPABILITY_ID).is_some(),
     }
 }
 
-/// The MSI-X capability, if the device has one whose table and PBA lie in BARs it shows.
-fn msix_place(raw: &[u8], bars: &[Option<Bar>; 6]) -> Option<MsixPlace> {
+/// The offset of the device's first capability `id`, walking at most 48 entries inside the
+/// standard space.
+fn capability(raw: &[u8], id: u8) -> Option<usize> {
     const STATUS_CAPABILITIES: u16 = 1 << 4;
     if u16_at(raw, 0x06) & STATUS_CAPABILITIES == 0 {
         return None;
@@ -91,36 +97,42 @@ fn msix_place(raw: &[u8], bars: &[Option<Bar>; 6]) -> Option<MsixPlace> {
         if !(0x40..0x100).contains(&at) {
             return None;
         }
-        if raw.get(at).copied()? == MSIX_CAPABILITY_ID {
-            let vectors = (u16_at(raw, at + 2) & 0x7ff) + 1;
-            let (table, pba) = (u32_at(raw, at + 4), u32_at(raw, at + 8));
-            let place = MsixPlace {
-                vectors,
-                table_bar: (table & 7) as usize,
-                table_offset: u64::from(table & !7),
-                pba_bar: (pba & 7) as usize,
-                pba_offset: u64::from(pba & !7),
-            };
-            let inside = |bar: usize, offset: u64, len: u64| {
-                bars.get(bar)
-                    .copied()
-                    .flatten()
-                    .is_some_and(|b| offset.checked_add(len).is_some_and(|end| end <= b.size))
-            };
-            let table_len = u64::from(vectors) * 16;
-            let pba_len = u64::from(vectors).div_ceil(64) * 8;
-            return (inside(place.table_bar, place.table_offset, table_len)
-                && inside(place.pba_bar, place.pba_offset, pba_len))
-            .then_some(place);
+        if raw.get(at).copied()? == id {
+            return Some(at);
         }
         at = usize::from(raw.get(at + 1).copied()? & 0xfc);
     }
     None
 }
 
-/// The guest's configuration space for `layout`, and the emulated MSI-X with its capability's
-/// offset.
-pub(crate) fn guest_space(layout: &Layout) -> Result<(ConfigSpace, Option<(Msix, u16)>), PciError> {
+/// The MSI-X capability, if the device has one whose table and PBA lie in BARs it shows.
+fn msix_place(raw: &[u8], bars: &[Option<Bar>; 6]) -> Option<MsixPlace> {
+    let at = capability(raw, MSIX_CAPABILITY_ID)?;
+    let vectors = (u16_at(raw, at + 2) & 0x7ff) + 1;
+    let (table, pba) = (u32_at(raw, at + 4), u32_at(raw, at + 8));
+    let place = MsixPlace {
+        vectors,
+        table_bar: (table & 7) as usize,
+        table_offset: u64::from(table & !7),
+        pba_bar: (pba & 7) as usize,
+        pba_offset: u64::from(pba & !7),
+    };
+    let inside = |bar: usize, offset: u64, len: u64| {
+        bars.get(bar)
+            .copied()
+            .flatten()
+            .is_some_and(|b| offset.checked_add(len).is_some_and(|end| end <= b.size))
+    };
+    let table_len = u64::from(vectors) * 16;
+    let pba_len = u64::from(vectors).div_ceil(64) * 8;
+    (inside(place.table_bar, place.table_offset, table_len)
+        && inside(place.pba_bar, place.pba_offset, pba_len))
+    .then_some(place)
+}
+
+/// The guest's configuration space for `layout`: with the emulated MSI-X and its capability's
+/// offset, or (for a device with MSI but no MSI-X) the emulated MSI capability's offset.
+pub(crate) fn guest_space(layout: &Layout) -> Result<GuestSpace, PciError> {
     let mut config = ConfigSpace::new(&layout.header);
     for (i, bar) in layout.bars.iter().enumerate() {
         if let Some(bar) = bar {
@@ -139,7 +151,18 @@ pub(crate) fn guest_space(layout: &Layout) -> Result<(ConfigSpace, Option<(Msix,
         }
         None => None,
     };
-    Ok((config, msix))
+    let msi = match (msix.is_none() && layout.msi, msi_capability()) {
+        (true, (body, mask)) => Some(config.add_capability(MSI_CAPABILITY_ID, &body, &mask)?),
+        (false, _) => None,
+    };
+    Ok(GuestSpace { config, msix, msi })
+}
+
+/// What [`guest_space`] makes.
+pub(crate) struct GuestSpace {
+    pub(crate) config: ConfigSpace,
+    pub(crate) msix: Option<(Msix, u16)>,
+    pub(crate) msi: Option<u16>,
 }
 
 #[cfg(test)]
@@ -201,8 +224,9 @@ mod tests {
                 pba_offset: 0x3000
             })
         );
-        let (config, msix) = guest_space(&l).unwrap();
+        let GuestSpace { config, msix, msi } = guest_space(&l).unwrap();
         let (msix, at) = msix.unwrap();
+        assert_eq!(msi, None, "MSI-X is shown, MSI not");
         assert_eq!(msix.vectors(), 65);
         let caps: Vec<_> = config.capabilities().collect();
         assert_eq!(
@@ -211,6 +235,26 @@ mod tests {
             "PM and PCIe are not shown"
         );
         assert_eq!(config.read(0x30, 4), 0, "no expansion ROM");
+    }
+
+    #[test]
+    fn a_device_with_msi_only_gets_the_emulated_msi() {
+        // edu as the lab shows it: a 1 MiB BAR 0 and an MSI capability at 0x40.
+        let mut raw = vec![0u8; 256];
+        raw[0..4].copy_from_slice(&[0x34, 0x12, 0xe8, 0x11]);
+        raw[6] = 0x10;
+        raw[0x10..0x14].copy_from_slice(&0xfea0_0000u32.to_le_bytes());
+        raw[0x34] = 0x40;
+        raw[0x40..0x42].copy_from_slice(&[0x05, 0x00]);
+        let l = layout(&raw, |i| if i == 0 { 1 << 20 } else { 0 });
+        assert!(l.msi && l.msix.is_none());
+        let GuestSpace { config, msix, msi } = guest_space(&l).unwrap();
+        assert!(msix.is_none());
+        let at = msi.unwrap();
+        assert_eq!(
+            config.capabilities().collect::<Vec<_>>(),
+            vec![(at, MSI_CAPABILITY_ID)]
+        );
     }
 
     #[test]

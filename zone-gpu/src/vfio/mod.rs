@@ -12,7 +12,8 @@ use vfio_ioctls::{VfioContainer, VfioDevice, VfioError};
 use vm_memory::{GuestMemoryBackend, GuestMemoryRegion, MemoryRegionAddress};
 use zone_core::device::AttachContext;
 use zone_core::device::pci::{
-    ConfigChange, ConfigSpace, MSIX_CAPABILITY_ID, PciFunction, RoutedMsix,
+    ConfigChange, ConfigSpace, MSI_CAPABILITY_ID, MSIX_CAPABILITY_ID, PciFunction, RoutedMsi,
+    RoutedMsix,
 };
 
 /// VFIO's region index of the configuration space (`VFIO_PCI_CONFIG_REGION_INDEX`).
@@ -25,6 +26,10 @@ pub(crate) struct Passthrough {
     msix: Option<(RoutedMsix, u16, config::MsixPlace)>,
     /// Whether the device's own MSI-X is enabled (with the vectors' eventfds).
     device_msix: bool,
+    /// The emulated MSI (for a device without MSI-X) and its capability's offset.
+    msi: Option<(RoutedMsi, u16)>,
+    /// Whether the device's own MSI is enabled (with the vector's eventfd).
+    device_msi: bool,
 }
 
 fn vfio_err(address: &str, e: VfioError) -> GpuError {
@@ -79,7 +84,15 @@ pub(crate) fn open(
         address: address.clone(),
         detail: format!("describing the function: {e}"),
     };
-    let (config, msix) = config::guest_space(&layout).map_err(pci)?;
+    let config::GuestSpace { config, msix, msi } = config::guest_space(&layout).map_err(pci)?;
+    let vectors = |e| GpuError::Vfio {
+        address: address.clone(),
+        detail: format!("MSI vector: {e}"),
+    };
+    let msi = match msi {
+        Some(at) => Some((RoutedMsi::new(cx).map_err(vectors)?, at)),
+        None => None,
+    };
     let msix = match (msix, layout.msix) {
         (Some((msix, at)), Some(place)) => {
             let routed = RoutedMsix::new(msix, cx).map_err(|e| GpuError::Vfio {
@@ -99,6 +112,8 @@ pub(crate) fn open(
             config,
             msix,
             device_msix: false,
+            msi,
+            device_msi: false,
         },
         control,
     ))
@@ -152,6 +167,29 @@ impl Passthrough {
     }
 }
 
+impl Passthrough {
+    /// Follows the guest's MSI enable on the device: the vector's eventfd while enabled.
+    fn sync_device_msi(&mut self) {
+        let Some((routed, _)) = self.msi.as_ref() else {
+            return;
+        };
+        let want = routed.enabled();
+        if want == self.device_msi {
+            return;
+        }
+        let result = match want {
+            true => self.device.vfio.enable_msi(vec![routed.vector().eventfd()]),
+            false => self.device.vfio.disable_msi(),
+        };
+        match result {
+            Ok(()) => self.device_msi = want,
+            Err(e) => {
+                tracing::warn!(target: "zones::device", error = %e, enable = want, "VFIO MSI")
+            }
+        }
+    }
+}
+
 enum MsixAccess {
     Table(u64),
     Pba(u64),
@@ -179,6 +217,16 @@ impl PciFunction for Passthrough {
                         tracing::warn!(target: "zones::device", error = %e, "MSI-X routing");
                     }
                     self.sync_device_msix();
+                }
+            }
+            Some(ConfigChange::Capability { capability, id }) if id == MSI_CAPABILITY_ID => {
+                if let Some((routed, at)) = self.msi.as_mut()
+                    && *at == capability
+                {
+                    if let Err(e) = routed.capability_written(&self.config, capability) {
+                        tracing::warn!(target: "zones::device", error = %e, "MSI routing");
+                    }
+                    self.sync_device_msi();
                 }
             }
             Some(_) => {}
@@ -217,6 +265,9 @@ impl Drop for Passthrough {
     fn drop(&mut self) {
         if self.device_msix {
             let _ = self.device.vfio.disable_msix();
+        }
+        if self.device_msi {
+            let _ = self.device.vfio.disable_msi();
         }
         self.device.release();
     }
