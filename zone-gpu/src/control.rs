@@ -18,9 +18,15 @@ pub(crate) struct Stats {
     bar_reads: AtomicU64,
     bar_writes: AtomicU64,
     config_refused: AtomicU64,
+    direct: AtomicU64,
 }
 
 impl Stats {
+    /// Bytes of BAR the guest reaches without a trap.
+    pub(crate) fn set_direct(&self, bytes: u64) {
+        self.direct.store(bytes, Ordering::Relaxed);
+    }
+
     pub(crate) fn bar_read(&self) {
         self.bar_reads.fetch_add(1, Ordering::Relaxed);
     }
@@ -177,6 +183,7 @@ impl DeviceControl for GpuControl {
         let s = &self.device.stats;
         vec![
             ("dma_mapped_bytes", s.dma_mapped.load(Ordering::Relaxed)),
+            ("bar_bytes_direct", s.direct.load(Ordering::Relaxed)),
             ("bar_reads", s.bar_reads.load(Ordering::Relaxed)),
             ("bar_writes", s.bar_writes.load(Ordering::Relaxed)),
             (

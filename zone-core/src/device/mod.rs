@@ -72,5 +72,5 @@ pub use worker::{DeviceWorker, QueueHandler, QueueWorker};
 
 pub(crate) use attach::AttachedDevice;
 pub(crate) use control::Devices;
-pub(crate) use msi::{MsiRouter, VCPU_ROUTING_IOCTL};
+pub(crate) use msi::{MsiRouter, VCPU_MEMSLOT_IOCTL, VCPU_ROUTING_IOCTL, dup_vm};
 pub(crate) use worker::DeviceThread;

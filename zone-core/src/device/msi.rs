@@ -43,6 +43,18 @@ pub enum MsiError {
     Routing(std::io::Error),
 }
 
+/// A descriptor of `vm` of its own (kvm-ioctls makes no second `VmFd` of one VM).
+pub(crate) fn dup_vm(vm: &VmFd) -> std::io::Result<File> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: dup of a descriptor we hold; the new descriptor is owned by the File below.
+    let fd = unsafe { libc::fcntl(vm.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is a fresh descriptor of a KVM VM that nothing else owns.
+    Ok(unsafe { File::from_raw_fd(fd) })
+}
+
 /// The zone's GSI routing: the interrupt controller's default routes plus one route per routed
 /// MSI vector.
 pub(crate) struct MsiRouter {
@@ -62,6 +74,12 @@ const KVM_SET_GSI_ROUTING: u64 =
 /// a guest's write to an MSI-X table or capability routes the vector again.
 pub(crate) const VCPU_ROUTING_IOCTL: u64 = KVM_SET_GSI_ROUTING;
 
+/// `_IOW(KVMIO, 0x46, struct kvm_userspace_memory_region)`: a guest's BAR move maps a
+/// function's BAR memory again.
+pub(crate) const VCPU_MEMSLOT_IOCTL: u64 = (1 << 30)
+    | ((std::mem::size_of::<kvm_bindings::kvm_userspace_memory_region>() as u64) << 16)
+    | 0xae46;
+
 #[derive(Default)]
 struct Table {
     allocated: u32,
@@ -78,16 +96,8 @@ impl MsiRouter {
     /// A router for the VM behind `vm` (a descriptor of its own, so that the router may outlive
     /// the build).
     pub(crate) fn new(vm: &VmFd) -> std::io::Result<Arc<Self>> {
-        use std::os::fd::FromRawFd;
-        // SAFETY: dup of a descriptor we hold; the new descriptor is owned by the File below.
-        let fd = unsafe { libc::fcntl(vm.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 0) };
-        if fd < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        // SAFETY: `fd` is a fresh descriptor of a KVM VM that nothing else owns.
-        let vm = unsafe { File::from_raw_fd(fd) };
         Ok(Arc::new(Self {
-            vm,
+            vm: dup_vm(vm)?,
             table: Mutex::new(Table::default()),
         }))
     }
@@ -290,6 +300,7 @@ mod tests {
     fn the_ioctl_numbers_are_the_kernels() {
         assert_eq!(KVM_IRQFD, 0x4020_ae76);
         assert_eq!(KVM_SET_GSI_ROUTING, 0x4008_ae6a);
+        assert_eq!(VCPU_MEMSLOT_IOCTL, 0x4020_ae46);
     }
 
     #[test]

@@ -599,7 +599,7 @@ fn pci_bus(data: &[u8], config: crate::device::pci::ConfigSpace) {
     if builder.add(Box::new(Function(config))).is_err() {
         return;
     }
-    let bus = builder.finish();
+    let bus = builder.finish(None);
     let (low, high) = (crate::linux::layout::PCI_MMIO32.start, 1u64 << 32);
     for record in data.chunks_exact(8) {
         let len = [1, 2, 4, 8, 3][usize::from(record[1] % 5)];

@@ -626,7 +626,9 @@ pub(crate) fn build(
     };
     let mut keep: Option<Arc<pci::PciBus>> = None;
     if let Some((bus, _)) = pci {
-        let bus = bus.finish();
+        let vm_fd =
+            crate::device::dup_vm(&vm.fd).map_err(|e| err(LinuxError::Device(e.to_string())))?;
+        let bus = bus.finish(Some(vm_fd));
         keep = Some(bus.clone());
         let (low, high) = (layout::PCI_MMIO32, bus.high_window());
         let ecam = Arc::new(pci::Ecam(bus.clone()));

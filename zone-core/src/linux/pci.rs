@@ -13,6 +13,7 @@ use crate::device::pci::{
 };
 use crate::devices::BusDevice;
 use crate::exit::ZoneExit;
+use std::fs::File;
 use std::ops::Range;
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
@@ -52,13 +53,95 @@ struct Decoded {
     bar: usize,
 }
 
-/// The bus: its functions and where their BARs decode.
+/// The bus: its functions, where their BARs decode, and the KVM memory slots of the BAR parts
+/// mapped into the guest.
 pub(crate) struct PciBus {
     bridge: Mutex<ConfigSpace>,
     functions: Vec<Mutex<Box<dyn PciFunction>>>,
     decode: RwLock<Vec<Decoded>>,
     low: Range<u64>,
     high: Range<u64>,
+    slots: Mutex<Slots>,
+}
+
+/// First KVM memory slot for mapped BAR parts (guest RAM has slots 0 and 1).
+const FIRST_BAR_SLOT: u32 = 16;
+/// Most mapped BAR parts a zone has at once.
+const MAX_BAR_SLOTS: u32 = 256;
+
+/// The VM (a descriptor of the bus's own) and the mapped BAR parts, by slot.
+#[derive(Default)]
+struct Slots {
+    vm: Option<File>,
+    /// slot → (guest address, length, host address).
+    mapped: std::collections::BTreeMap<u32, (u64, u64, u64)>,
+}
+
+impl Slots {
+    fn set(&self, slot: u32, gpa: u64, len: u64, host: u64) -> std::io::Result<()> {
+        use std::os::fd::AsRawFd;
+        let Some(vm) = &self.vm else {
+            return Ok(());
+        };
+        let region = kvm_bindings::kvm_userspace_memory_region {
+            slot,
+            flags: 0,
+            guest_phys_addr: gpa,
+            memory_size: len,
+            userspace_addr: host,
+        };
+        // SAFETY: KVM_SET_USER_MEMORY_REGION reads the struct, which lives across the call. The
+        // host range is a function's BAR mapping, which stays mapped while the function lives,
+        // and the bus removes its slots (a size of 0) before it drops its functions.
+        let rc = unsafe {
+            libc::ioctl(
+                vm.as_raw_fd(),
+                crate::device::VCPU_MEMSLOT_IOCTL as _,
+                &region,
+            )
+        };
+        match rc {
+            0 => Ok(()),
+            _ => Err(std::io::Error::last_os_error()),
+        }
+    }
+
+    /// Makes the mapped parts `want` (guest address, length, host address), moving only what
+    /// changed.
+    fn sync(&mut self, want: &[(u64, u64, u64)]) {
+        let stale: Vec<u32> = self
+            .mapped
+            .iter()
+            .filter(|(_, m)| !want.contains(m))
+            .map(|(s, _)| *s)
+            .collect();
+        for slot in stale {
+            if let Some((gpa, _, host)) = self.mapped.remove(&slot)
+                && let Err(e) = self.set(slot, gpa, 0, host)
+            {
+                tracing::warn!(target: "zones::device", slot, error = %e, "removing a BAR mapping");
+            }
+        }
+        for &m in want {
+            if self.mapped.values().any(|v| *v == m) {
+                continue;
+            }
+            let Some(slot) = (FIRST_BAR_SLOT..FIRST_BAR_SLOT + MAX_BAR_SLOTS)
+                .find(|s| !self.mapped.contains_key(s))
+            else {
+                tracing::warn!(target: "zones::device", "no KVM slot left for a BAR mapping; it stays trapped");
+                break;
+            };
+            match self.set(slot, m.0, m.1, m.2) {
+                Ok(()) => {
+                    self.mapped.insert(slot, m);
+                }
+                Err(e) => {
+                    tracing::warn!(target: "zones::device", gpa = m.0, error = %e, "a BAR mapping stays trapped");
+                }
+            }
+        }
+    }
 }
 
 impl std::fmt::Debug for PciBus {
@@ -135,13 +218,19 @@ impl PciBusBuilder {
         (self.low.clone(), self.high.clone())
     }
 
-    pub(crate) fn finish(self) -> Arc<PciBus> {
+    /// The bus, mapping BAR memory into the guest through `vm` (a descriptor of the VM of the
+    /// bus's own; without one, every BAR access is trapped).
+    pub(crate) fn finish(self, vm: Option<File>) -> Arc<PciBus> {
         let bus = Arc::new(PciBus {
             bridge: Mutex::new(ConfigSpace::new(&bridge_header())),
             functions: self.functions.into_iter().map(Mutex::new).collect(),
             decode: RwLock::new(Vec::new()),
             low: self.low,
             high: self.high,
+            slots: Mutex::new(Slots {
+                vm,
+                mapped: Default::default(),
+            }),
         });
         bus.redecode();
         bus
@@ -188,7 +277,30 @@ impl PciBus {
             }
         }
         table.sort_by_key(|d| d.start);
+        // The mapped parts of every decoding BAR, at the BAR's address now.
+        let mut mapped = Vec::new();
+        for d in &table {
+            if let Some(f) = self.function(d.function) {
+                for m in f.bar_mappings(d.bar) {
+                    let fits = m.offset().checked_add(m.len()).is_some_and(|e| e <= d.len);
+                    if m.page_aligned() && fits && d.start % 4096 == 0 {
+                        mapped.push((d.start + m.offset(), m.len(), m.host() as u64));
+                    }
+                }
+            }
+        }
         *self.decode.write().unwrap_or_else(|e| e.into_inner()) = table;
+        self.slots
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .sync(&mapped);
+    }
+
+    /// Bytes of BAR memory mapped into the guest now.
+    #[cfg(test)]
+    pub(crate) fn mapped_bytes(&self) -> u64 {
+        let slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        slots.mapped.values().map(|m| m.1).sum()
     }
 
     fn find(&self, addr: u64, len: usize) -> Option<(usize, usize, u64)> {
@@ -260,6 +372,17 @@ impl PciBus {
         {
             f.bar_write(bar, offset, data);
         }
+    }
+}
+
+impl Drop for PciBus {
+    /// The guest's view of every mapped BAR part goes before the functions (and their
+    /// mappings) do.
+    fn drop(&mut self) {
+        self.slots
+            .get_mut()
+            .unwrap_or_else(|e| e.into_inner())
+            .sync(&[]);
     }
 }
 

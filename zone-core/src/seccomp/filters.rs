@@ -6,6 +6,7 @@
 //! - vCPU threads: `ioctl` limited to KVM_RUN, KVM_GET_REGS and KVM_GET_SREGS (fault reports),
 //!   and `dup` (a device's activation hands its worker copies of the queue eventfds); in a zone
 //!   with PCI functions also KVM_SET_GSI_ROUTING (the guest programs MSI vectors),
+//!   KVM_SET_USER_MEMORY_REGION (a mapped BAR follows the guest's BAR moves),
 //!   VFIO_DEVICE_SET_IRQS and VFIO_DEVICE_RESET (a passed-through function's MSI-X and reset)
 //!   and positioned reads and writes (its trapped BAR and configuration accesses);
 //! - device threads: their event manager (epoll), `ioctl(FIONBIO)` (non-blocking sockets) and
@@ -128,6 +129,7 @@ pub(crate) fn rules(kind: ThreadKind, extra: &[i64]) -> Rules {
             if kind == ThreadKind::PciVcpu {
                 ioctls.extend([
                     crate::device::VCPU_ROUTING_IOCTL,
+                    crate::device::VCPU_MEMSLOT_IOCTL,
                     VFIO_DEVICE_SET_IRQS,
                     VFIO_DEVICE_RESET,
                 ]);
@@ -282,7 +284,7 @@ mod tests {
         assert_eq!(ioctls(ThreadKind::Vcpu), 3);
         assert_eq!(
             ioctls(ThreadKind::PciVcpu),
-            6,
+            7,
             "KVM_SET_GSI_ROUTING and VFIO's two only where PCI functions are"
         );
         assert_eq!((VFIO_DEVICE_SET_IRQS, VFIO_DEVICE_RESET), (0x3b6e, 0x3b6f));

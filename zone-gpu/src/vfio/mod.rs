@@ -4,6 +4,7 @@
 //! eventfds of KVM-routed vectors.
 
 mod config;
+mod mmap;
 
 use crate::control::{Device, GpuControl};
 use crate::policy::{Checked, GpuError, check_memlock};
@@ -12,8 +13,8 @@ use vfio_ioctls::{VfioContainer, VfioDevice, VfioError};
 use vm_memory::{GuestMemoryBackend, GuestMemoryRegion, MemoryRegionAddress};
 use zone_core::device::AttachContext;
 use zone_core::device::pci::{
-    ConfigChange, ConfigSpace, MSI_CAPABILITY_ID, MSIX_CAPABILITY_ID, PciFunction, RoutedMsi,
-    RoutedMsix,
+    BarMapping, ConfigChange, ConfigSpace, MSI_CAPABILITY_ID, MSIX_CAPABILITY_ID, PciFunction,
+    RoutedMsi, RoutedMsix,
 };
 
 /// VFIO's region index of the configuration space (`VFIO_PCI_CONFIG_REGION_INDEX`).
@@ -30,6 +31,8 @@ pub(crate) struct Passthrough {
     msi: Option<(RoutedMsi, u16)>,
     /// Whether the device's own MSI is enabled (with the vector's eventfd).
     device_msi: bool,
+    /// The BARs' mmap-able parts, which the guest reaches without a trap.
+    mmaps: mmap::Mmaps,
 }
 
 fn vfio_err(address: &str, e: VfioError) -> GpuError {
@@ -103,6 +106,8 @@ pub(crate) fn open(
         }
         _ => None,
     };
+    let mmaps = mmap::map(&device.vfio, &layout.bars, layout.msix);
+    device.stats.set_direct(mmaps.direct_bytes());
     // Bus mastering and decoding off until the guest's driver turns them on.
     device.set_guest_command(0);
     let control = Arc::new(GpuControl::new(device.clone()));
@@ -114,6 +119,7 @@ pub(crate) fn open(
             device_msix: false,
             msi,
             device_msi: false,
+            mmaps,
         },
         control,
     ))
@@ -243,6 +249,10 @@ impl PciFunction for Passthrough {
             Some(MsixAccess::Pba(at)) => self.msix.as_ref().map_or((), |m| m.0.read_pba(at, data)),
             None => self.device.vfio.region_read(bar as u32, data, offset),
         }
+    }
+
+    fn bar_mappings(&self, bar: usize) -> Vec<BarMapping> {
+        self.mmaps.mappings.get(bar).cloned().unwrap_or_default()
     }
 
     fn bar_write(&mut self, bar: usize, offset: u64, data: &[u8]) {

@@ -42,4 +42,66 @@ pub trait PciFunction: Send + 'static {
 
     /// A guest write at `offset` into memory BAR `bar`.
     fn bar_write(&mut self, bar: usize, offset: u64, data: &[u8]);
+
+    /// The parts of BAR `bar` the guest reaches without a trap: host memory (a passed-through
+    /// device's mmap-able region) that zone-core maps into the guest at the BAR's address, as a
+    /// KVM memory slot, while the BAR decodes, and moves with the BAR. Accesses elsewhere in the
+    /// BAR come to [`bar_read`](Self::bar_read) and [`bar_write`](Self::bar_write). Parts that
+    /// are not page aligned stay trapped. Default: none.
+    fn bar_mappings(&self, _bar: usize) -> Vec<BarMapping> {
+        Vec::new()
+    }
+}
+
+/// Host memory behind part of a BAR (see [`PciFunction::bar_mappings`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BarMapping {
+    offset: u64,
+    len: u64,
+    host: usize,
+}
+
+impl BarMapping {
+    /// `len` bytes at `offset` into the BAR, backed by the host mapping at `host`.
+    ///
+    /// # Safety
+    /// `host..host + len` must be a live mapping, readable and writable, that stays mapped for
+    /// as long as the function reporting it lives (zone-core removes the guest's view of it
+    /// before it drops the function).
+    pub unsafe fn new(offset: u64, len: u64, host: *mut u8) -> Self {
+        Self {
+            offset,
+            len,
+            host: host as usize,
+        }
+    }
+
+    /// Offset into the BAR.
+    pub fn offset(&self) -> u64 {
+        self.offset
+    }
+
+    /// Length.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// Whether it is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The host address.
+    pub fn host(&self) -> *mut u8 {
+        self.host as *mut u8
+    }
+
+    /// Whether offset, length and host address are page aligned (only such parts are mapped).
+    pub fn page_aligned(&self) -> bool {
+        const PAGE: u64 = 4096;
+        self.offset % PAGE == 0
+            && self.len % PAGE == 0
+            && (self.host as u64) % PAGE == 0
+            && self.len > 0
+    }
 }

@@ -19,7 +19,7 @@ pub use bar::BarAllocator;
 pub use config::{
     Bar, BarKind, CONFIG_SPACE_SIZE, ConfigChange, ConfigSpace, Header, command, reg,
 };
-pub use function::PciFunction;
+pub use function::{BarMapping, PciFunction};
 pub use msi_cap::{MSI_CAPABILITY_ID, RoutedMsi, msi_capability, msi_message};
 pub use msix::{
     CAPABILITY_ID as MSIX_CAPABILITY_ID, Delivery, MAX_VECTORS, MsiMessage, Msix, TableChange,

@@ -80,7 +80,7 @@ fn bus_with_probe() -> (Arc<PciBus>, Seen) {
     let mut b = PciBusBuilder::new(256 << 20, 40).unwrap();
     let (probe, seen) = Probe::new();
     assert_eq!(b.add(probe).unwrap(), 1, "the first function is device 1");
-    (b.finish(), seen)
+    (b.finish(None), seen)
 }
 
 #[test]
@@ -208,4 +208,77 @@ fn no_room_above_ram_for_a_64bit_window_is_an_error() {
         PciBusBuilder::new(64 << 30, 36),
         Err(PciBusError::NoHighWindow { .. })
     ));
+}
+
+/// A function whose BAR 0 has two page-aligned mapped parts and one that is not aligned.
+struct Mapped(ConfigSpace);
+
+impl PciFunction for Mapped {
+    fn config(&self) -> &ConfigSpace {
+        &self.0
+    }
+
+    fn config_mut(&mut self) -> &mut ConfigSpace {
+        &mut self.0
+    }
+
+    fn bar_read(&mut self, _: usize, _: u64, data: &mut [u8]) {
+        data.fill(0);
+    }
+
+    fn bar_write(&mut self, _: usize, _: u64, _: &[u8]) {}
+
+    fn bar_mappings(&self, bar: usize) -> Vec<crate::device::pci::BarMapping> {
+        use crate::device::pci::BarMapping;
+        if bar != 0 {
+            return Vec::new();
+        }
+        let host = 0x7f00_0000_0000usize as *mut u8;
+        // SAFETY: the bus under test has no VM: nothing maps or touches these addresses.
+        unsafe {
+            vec![
+                BarMapping::new(0, 0x2000, host),
+                BarMapping::new(0x3000, 0x1000, host.wrapping_add(0x3000)),
+                BarMapping::new(0x4100, 0x1000, host.wrapping_add(0x4100)),
+            ]
+        }
+    }
+}
+
+#[test]
+fn mapped_bar_parts_follow_decoding_and_moves_and_unaligned_ones_stay_trapped() {
+    let mut config = ConfigSpace::new(&Header::default());
+    config
+        .add_bar(
+            0,
+            Bar {
+                kind: BarKind::Memory32 {
+                    prefetchable: false,
+                },
+                size: 0x8000,
+            },
+        )
+        .unwrap();
+    let mut b = PciBusBuilder::new(256 << 20, 40).unwrap();
+    b.add(Box::new(Mapped(config))).unwrap();
+    let bus = b.finish(None);
+    let gpas = |bus: &PciBus| -> Vec<u64> {
+        let slots = bus.slots.lock().unwrap();
+        let mut v: Vec<u64> = slots.mapped.values().map(|m| m.0).collect();
+        v.sort();
+        v
+    };
+    assert_eq!(bus.mapped_bytes(), 0, "not decoding yet");
+    bus.config_write(at(1, reg::COMMAND), &command::MEMORY.to_le_bytes());
+    assert_eq!(bus.mapped_bytes(), 0x3000);
+    let base = 0xc000_0000;
+    assert_eq!(gpas(&bus), vec![base, base + 0x3000]);
+    bus.config_write(at(1, reg::BAR0), &((base + 0x10000) as u32).to_le_bytes());
+    assert_eq!(
+        gpas(&bus),
+        vec![base + 0x10000, base + 0x13000],
+        "moved with the BAR"
+    );
+    bus.config_write(at(1, reg::COMMAND), &[0, 0]);
+    assert_eq!(bus.mapped_bytes(), 0, "unmapped with decoding off");
 }
