@@ -99,9 +99,9 @@ impl BarMapping {
     /// Whether offset, length and host address are page aligned (only such parts are mapped).
     pub fn page_aligned(&self) -> bool {
         const PAGE: u64 = 4096;
-        self.offset % PAGE == 0
-            && self.len % PAGE == 0
-            && (self.host as u64) % PAGE == 0
+        self.offset.is_multiple_of(PAGE)
+            && self.len.is_multiple_of(PAGE)
+            && (self.host as u64).is_multiple_of(PAGE)
             && self.len > 0
     }
 }
