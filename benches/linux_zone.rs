@@ -190,14 +190,7 @@ fn report_boot() {
 }
 
 fn zones_kernel_path() -> String {
-    let mut k: Vec<_> = std::fs::read_dir("/boot")
-        .unwrap()
-        .filter_map(Result::ok)
-        .map(|e| e.path().display().to_string())
-        .filter(|p| p.contains("vmlinuz-"))
-        .collect();
-    k.sort();
-    k.pop().expect("a kernel in /boot")
+    common::host_kernel_path().expect("a kernel in /boot")
 }
 
 fn report_memory_and_throughput() {

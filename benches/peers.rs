@@ -4,6 +4,7 @@
 //! Firecracker from `$ZONES_PEERS_DIR/bin` (default `../shared/peers/bin` beside the checkout),
 //! QEMU from `PATH`. A peer whose binary or kernel form is absent is skipped, and the bench says
 //! so.
+#![allow(dead_code)] // each bench uses a part of these helpers
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -204,6 +205,55 @@ pub fn peers(
         skipped.push("QEMU: qemu-system-x86_64 is not installed".into());
     }
     (found, skipped)
+}
+
+/// QEMU with the host PCI device `bdf` passed through (vfio-pci), `memory_mib` of RAM, the
+/// same kernel, command line and initramfs: on `microvm,rtc=on,pcie=on` (its PCIe host) and on
+/// `q35` (firmware boot). Empty without QEMU.
+pub fn qemu_passthrough(bzimage: &Path, initrd: &Path, memory_mib: u64, bdf: &str) -> Vec<Peer> {
+    let installed = Command::new("qemu-system-x86_64")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !installed {
+        return Vec::new();
+    }
+    let s = |p: &Path| p.display().to_string();
+    ["microvm,rtc=on,pcie=on", "q35"]
+        .into_iter()
+        .map(|machine| {
+            let mut args: Vec<String> = ["-accel", "kvm", "-M", machine, "-cpu", "host,-xsave"]
+                .map(String::from)
+                .to_vec();
+            args.extend([
+                "-m".into(),
+                format!("{memory_mib}M"),
+                "-smp".into(),
+                "1".into(),
+            ]);
+            args.extend(["-kernel".into(), s(bzimage), "-initrd".into(), s(initrd)]);
+            args.extend(["-append".into(), CMDLINE.into()]);
+            args.extend(["-device".into(), format!("vfio-pci,host={bdf}")]);
+            args.extend(
+                [
+                    "-nodefaults",
+                    "-no-reboot",
+                    "-serial",
+                    "stdio",
+                    "-display",
+                    "none",
+                ]
+                .map(String::from),
+            );
+            args.extend(["-monitor".into(), "none".into()]);
+            Peer {
+                label: format!("QEMU {machine} + vfio-pci (bzImage)"),
+                program: "qemu-system-x86_64".into(),
+                args,
+            }
+        })
+        .collect()
 }
 
 impl Peer {

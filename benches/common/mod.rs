@@ -1,4 +1,5 @@
 //! Helpers the Linux-zone benchmarks share.
+#![allow(dead_code)] // each bench uses a part of these helpers
 
 use std::time::Duration;
 
@@ -15,4 +16,16 @@ pub fn rss_kib() -> u64 {
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
         .unwrap_or(0)
+}
+
+/// The newest `/boot/vmlinuz-*` (by name), the kernel `LinuxBoot::host_kernel()` boots.
+pub fn host_kernel_path() -> Option<String> {
+    let mut k: Vec<_> = std::fs::read_dir("/boot")
+        .ok()?
+        .filter_map(Result::ok)
+        .map(|e| e.path().display().to_string())
+        .filter(|p| p.contains("vmlinuz-"))
+        .collect();
+    k.sort();
+    k.pop()
 }

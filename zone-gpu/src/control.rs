@@ -19,9 +19,16 @@ pub(crate) struct Stats {
     bar_writes: AtomicU64,
     config_refused: AtomicU64,
     direct: AtomicU64,
+    dma_map_us: AtomicU64,
 }
 
 impl Stats {
+    /// How long mapping guest memory for DMA took at attach.
+    pub(crate) fn set_dma_map_time(&self, took: std::time::Duration) {
+        self.dma_map_us
+            .store(took.as_micros() as u64, Ordering::Relaxed);
+    }
+
     /// Bytes of BAR the guest reaches without a trap.
     pub(crate) fn set_direct(&self, bytes: u64) {
         self.direct.store(bytes, Ordering::Relaxed);
@@ -183,6 +190,7 @@ impl DeviceControl for GpuControl {
         let s = &self.device.stats;
         vec![
             ("dma_mapped_bytes", s.dma_mapped.load(Ordering::Relaxed)),
+            ("dma_map_us", s.dma_map_us.load(Ordering::Relaxed)),
             ("bar_bytes_direct", s.direct.load(Ordering::Relaxed)),
             ("bar_reads", s.bar_reads.load(Ordering::Relaxed)),
             ("bar_writes", s.bar_writes.load(Ordering::Relaxed)),

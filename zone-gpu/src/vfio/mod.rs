@@ -71,6 +71,7 @@ pub(crate) fn open(
     let device = Arc::new(Device::new(vfio, container, checked));
     // A known state before the guest sees it (a device without a reset keeps what it had).
     device.reset();
+    let mapping = std::time::Instant::now();
     for region in memory.iter() {
         let host = region
             .get_host_address(MemoryRegionAddress(0))
@@ -80,6 +81,7 @@ pub(crate) fn open(
             })?;
         device.map_dma(region.start_addr().0, region.len(), host)?;
     }
+    device.stats.set_dma_map_time(mapping.elapsed());
     let mut raw = [0u8; 256];
     device.vfio.region_read(CONFIG_REGION, &mut raw, 0);
     let layout = config::layout(&raw, |i| device.vfio.get_region_size(i as u32));
