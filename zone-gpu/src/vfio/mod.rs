@@ -249,7 +249,12 @@ impl PciFunction for Passthrough {
                 self.msix.as_ref().map_or((), |m| m.0.read_table(at, data))
             }
             Some(MsixAccess::Pba(at)) => self.msix.as_ref().map_or((), |m| m.0.read_pba(at, data)),
-            None => self.device.vfio.region_read(bar as u32, data, offset),
+            None => {
+                // vfio-ioctls logs a failed read and leaves the buffer as it was: all ones then,
+                // as for a device that does not answer.
+                data.fill(0xff);
+                self.device.vfio.region_read(bar as u32, data, offset);
+            }
         }
     }
 
