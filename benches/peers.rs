@@ -15,6 +15,17 @@ use std::time::{Duration, Instant};
 const MARKER: &str = "ZONES-PEER-READY";
 /// The same command line for every peer.
 const CMDLINE: &str = "console=ttyS0 quiet panic=-1 rdinit=/init";
+/// QEMU with no default devices, no reboot, the serial console on stdout and nothing else.
+const QEMU_CONSOLE_ONLY: [&str; 8] = [
+    "-nodefaults",
+    "-no-reboot",
+    "-serial",
+    "stdio",
+    "-display",
+    "none",
+    "-monitor",
+    "none",
+];
 /// A boot that takes longer than this failed.
 const BOOT_LIMIT: Duration = Duration::from_secs(120);
 
@@ -183,19 +194,7 @@ pub fn peers(
         .to_vec();
         args.extend([s(bzimage), "-initrd".into(), s(initrd), "-append".into()]);
         args.push(CMDLINE.into());
-        args.extend(
-            [
-                "-nodefaults",
-                "-no-reboot",
-                "-serial",
-                "stdio",
-                "-display",
-                "none",
-                "-monitor",
-                "none",
-            ]
-            .map(String::from),
-        );
+        args.extend(QEMU_CONSOLE_ONLY.map(String::from));
         found.push(Peer {
             label: "QEMU microvm rtc=on (bzImage)".into(),
             program: "qemu-system-x86_64".into(),
@@ -235,18 +234,7 @@ pub fn qemu_passthrough(bzimage: &Path, initrd: &Path, memory_mib: u64, bdf: &st
             args.extend(["-kernel".into(), s(bzimage), "-initrd".into(), s(initrd)]);
             args.extend(["-append".into(), CMDLINE.into()]);
             args.extend(["-device".into(), format!("vfio-pci,host={bdf}")]);
-            args.extend(
-                [
-                    "-nodefaults",
-                    "-no-reboot",
-                    "-serial",
-                    "stdio",
-                    "-display",
-                    "none",
-                ]
-                .map(String::from),
-            );
-            args.extend(["-monitor".into(), "none".into()]);
+            args.extend(QEMU_CONSOLE_ONLY.map(String::from));
             Peer {
                 label: format!("QEMU {machine} + vfio-pci (bzImage)"),
                 program: "qemu-system-x86_64".into(),
