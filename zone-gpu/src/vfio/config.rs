@@ -1,7 +1,8 @@
 //! The guest's view of a passed-through function's configuration space, built from the device's
 //! own: its IDs and class, its memory BARs (sizes from VFIO), and an emulated MSI-X capability
-//! where the device has MSI-X, or else an emulated MSI capability (one vector) where it has MSI.
-//! Nothing else of the device's space is shown.
+//! where the device has MSI-X, or else an emulated MSI capability (one vector) where it has MSI;
+//! and a read-only copy of its PCI Express capability (drivers read the device's PCIe type and
+//! link from it; the guest writes none of it). Nothing else of the device's space is shown.
 
 use zone_core::device::pci::{
     Bar, BarKind, ConfigSpace, Header, MSI_CAPABILITY_ID, MSIX_CAPABILITY_ID, Msix, PciError,
@@ -26,6 +27,8 @@ pub(crate) struct Layout {
     pub(crate) msix: Option<MsixPlace>,
     /// The device has an MSI capability.
     pub(crate) msi: bool,
+    /// The body of the device's PCI Express capability (after ID and next pointer).
+    pub(crate) pcie: Option<Vec<u8>>,
 }
 
 fn u16_at(raw: &[u8], at: usize) -> u16 {
@@ -82,8 +85,16 @@ pub(crate) fn layout(raw: &[u8], region_size: impl Fn(usize) -> u64) -> Layout {
         bars,
         msix: msix_place(raw, &bars),
         msi: capability(raw, MSI_CAPABILITY_ID).is_some(),
+        pcie: capability(raw, PCIE_CAPABILITY_ID)
+            .and_then(|at| raw.get(at + 2..at + PCIE_CAPABILITY_LEN))
+            .map(<[u8]>::to_vec),
     }
 }
+
+/// PCI Express capability ID.
+const PCIE_CAPABILITY_ID: u8 = 0x10;
+/// Length of a version 2 PCI Express capability, ID and next pointer included.
+const PCIE_CAPABILITY_LEN: usize = 0x3c;
 
 /// The offset of the device's first capability `id`, walking at most 48 entries inside the
 /// standard space.
@@ -155,6 +166,9 @@ pub(crate) fn guest_space(layout: &Layout) -> Result<GuestSpace, PciError> {
         (true, (body, mask)) => Some(config.add_capability(MSI_CAPABILITY_ID, &body, &mask)?),
         (false, _) => None,
     };
+    if let Some(body) = &layout.pcie {
+        config.add_capability(PCIE_CAPABILITY_ID, body, &vec![0; body.len()])?;
+    }
     Ok(GuestSpace { config, msix, msi })
 }
 
@@ -229,11 +243,21 @@ mod tests {
         assert_eq!(msi, None, "MSI-X is shown, MSI not");
         assert_eq!(msix.vectors(), 65);
         let caps: Vec<_> = config.capabilities().collect();
+        assert_eq!(caps.len(), 2, "{caps:?}");
+        assert_eq!(caps[0], (at, MSIX_CAPABILITY_ID));
         assert_eq!(
-            caps,
-            vec![(at, MSIX_CAPABILITY_ID)],
-            "PM and PCIe are not shown"
+            caps[1].1, PCIE_CAPABILITY_ID,
+            "PM is not shown; PCIe is, read-only"
         );
+        let mut config = config;
+        let pcie = caps[1].0;
+        let before = config.read(pcie + 8, 4);
+        assert_eq!(
+            config.write(pcie + 8, 2, 0xffff),
+            None,
+            "the guest writes no PCIe field"
+        );
+        assert_eq!(config.read(pcie + 8, 4), before);
         assert_eq!(config.read(0x30, 4), 0, "no expansion ROM");
     }
 
