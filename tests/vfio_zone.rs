@@ -143,7 +143,10 @@ fn nvme_passes_through_its_driver_binds_with_msix_and_writes_reach_the_disk() {
 
     // The guest sees a PCI Express device (the read-only copy of its capability): the PCIe link
     // attributes exist only for such devices.
-    let link = sh(&z, "cat /sys/bus/pci/devices/0000:00:01.0/current_link_speed");
+    let link = sh(
+        &z,
+        "cat /sys/bus/pci/devices/0000:00:01.0/current_link_speed",
+    );
     eprintln!("guest: the nvme's link speed: {link}");
 
     // Containment: bus mastering (the device's DMA) off while paused, back on resume.
