@@ -56,6 +56,7 @@ pub(crate) mod interrupt;
 mod msi;
 pub mod pci;
 mod virtio;
+mod vm;
 mod worker;
 
 pub use attach::{AttachContext, AttachError, Attached, Attachment, GuestSetup, Transport};
@@ -72,5 +73,6 @@ pub use worker::{DeviceWorker, QueueHandler, QueueWorker};
 
 pub(crate) use attach::AttachedDevice;
 pub(crate) use control::Devices;
-pub(crate) use msi::{MsiRouter, VCPU_MEMSLOT_IOCTL, VCPU_ROUTING_IOCTL, dup_vm};
+pub(crate) use msi::MsiRouter;
+pub(crate) use vm::{KVM_SET_GSI_ROUTING, KVM_SET_USER_MEMORY_REGION, VmHandle};
 pub(crate) use worker::DeviceThread;

@@ -4,15 +4,13 @@
 //! gave it a message.
 
 use super::pci::MsiMessage;
+use super::vm::VmHandle;
+use kvm_bindings::KVM_IRQFD_FLAG_DEASSIGN;
 use kvm_bindings::{
     KVM_IRQ_ROUTING_IRQCHIP, KVM_IRQ_ROUTING_MSI, KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER,
     KVM_IRQCHIP_PIC_SLAVE, KvmIrqRouting, kvm_irq_routing_entry,
 };
-use kvm_bindings::{KVM_IRQFD_FLAG_DEASSIGN, kvm_irqfd};
-use kvm_ioctls::VmFd;
 use std::collections::BTreeMap;
-use std::fs::File;
-use std::os::fd::AsRawFd;
 use std::sync::{Arc, Mutex};
 use vmm_sys_util::eventfd::EventFd;
 
@@ -43,42 +41,12 @@ pub enum MsiError {
     Routing(std::io::Error),
 }
 
-/// A descriptor of `vm` of its own (kvm-ioctls makes no second `VmFd` of one VM).
-pub(crate) fn dup_vm(vm: &VmFd) -> std::io::Result<File> {
-    use std::os::fd::FromRawFd;
-    // SAFETY: dup of a descriptor we hold; the new descriptor is owned by the File below.
-    let fd = unsafe { libc::fcntl(vm.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 0) };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: `fd` is a fresh descriptor of a KVM VM that nothing else owns.
-    Ok(unsafe { File::from_raw_fd(fd) })
-}
-
 /// The zone's GSI routing: the interrupt controller's default routes plus one route per routed
 /// MSI vector.
 pub(crate) struct MsiRouter {
-    /// A descriptor of the VM of its own (kvm-ioctls makes no second `VmFd` of one VM): the
-    /// router issues KVM_IRQFD and KVM_SET_GSI_ROUTING on it.
-    vm: File,
+    vm: Arc<VmHandle>,
     table: Mutex<Table>,
 }
-
-/// `_IOW(KVMIO, 0x76, struct kvm_irqfd)`.
-const KVM_IRQFD: u64 = (1 << 30) | ((std::mem::size_of::<kvm_irqfd>() as u64) << 16) | 0xae76;
-/// `_IOW(KVMIO, 0x6a, struct kvm_irq_routing)` (the header; entries follow it).
-const KVM_SET_GSI_ROUTING: u64 =
-    (1 << 30) | ((std::mem::size_of::<kvm_bindings::kvm_irq_routing>() as u64) << 16) | 0xae6a;
-
-/// The ioctl request the vCPU threads of a zone with MSI vectors may issue besides their own:
-/// a guest's write to an MSI-X table or capability routes the vector again.
-pub(crate) const VCPU_ROUTING_IOCTL: u64 = KVM_SET_GSI_ROUTING;
-
-/// `_IOW(KVMIO, 0x46, struct kvm_userspace_memory_region)`: a guest's BAR move maps a
-/// function's BAR memory again.
-pub(crate) const VCPU_MEMSLOT_IOCTL: u64 = (1 << 30)
-    | ((std::mem::size_of::<kvm_bindings::kvm_userspace_memory_region>() as u64) << 16)
-    | 0xae46;
 
 #[derive(Default)]
 struct Table {
@@ -93,44 +61,12 @@ impl std::fmt::Debug for MsiRouter {
 }
 
 impl MsiRouter {
-    /// A router for the VM behind `vm` (a descriptor of its own, so that the router may outlive
-    /// the build).
-    pub(crate) fn new(vm: &VmFd) -> std::io::Result<Arc<Self>> {
-        Ok(Arc::new(Self {
-            vm: dup_vm(vm)?,
+    /// A router for the VM behind `vm`.
+    pub(crate) fn new(vm: Arc<VmHandle>) -> Arc<Self> {
+        Arc::new(Self {
+            vm,
             table: Mutex::new(Table::default()),
-        }))
-    }
-
-    fn irqfd(&self, evt: &EventFd, gsi: u32, flags: u32) -> std::io::Result<()> {
-        let irqfd = kvm_irqfd {
-            fd: evt.as_raw_fd() as u32,
-            gsi,
-            flags,
-            ..Default::default()
-        };
-        // SAFETY: KVM_IRQFD reads a `struct kvm_irqfd`, which lives across the call.
-        let rc = unsafe { libc::ioctl(self.vm.as_raw_fd(), KVM_IRQFD as _, &irqfd) };
-        match rc {
-            0 => Ok(()),
-            _ => Err(std::io::Error::last_os_error()),
-        }
-    }
-
-    fn set_routing(&self, routing: &KvmIrqRouting) -> std::io::Result<()> {
-        // SAFETY: KVM_SET_GSI_ROUTING reads the header and its `nr` entries, which the fam
-        // wrapper keeps together and alive across the call.
-        let rc = unsafe {
-            libc::ioctl(
-                self.vm.as_raw_fd(),
-                KVM_SET_GSI_ROUTING as _,
-                routing.as_fam_struct_ptr(),
-            )
-        };
-        match rc {
-            0 => Ok(()),
-            _ => Err(std::io::Error::last_os_error()),
-        }
+        })
     }
 
     /// A new vector: a GSI and its irqfd, not yet routed.
@@ -145,7 +81,7 @@ impl MsiRouter {
         };
         let irqfd_err = |source| MsiError::Irqfd { gsi, source };
         let evt = EventFd::new(libc::EFD_NONBLOCK).map_err(irqfd_err)?;
-        self.irqfd(&evt, gsi, 0).map_err(irqfd_err)?;
+        self.vm.irqfd(&evt, gsi, 0).map_err(irqfd_err)?;
         Ok(MsiVector {
             gsi,
             evt,
@@ -166,7 +102,7 @@ impl MsiRouter {
         let entries = routing_entries(&t.routes);
         let result = KvmIrqRouting::from_entries(&entries)
             .map_err(|_| MsiError::Routing(std::io::Error::from_raw_os_error(libc::E2BIG)))
-            .and_then(|routing| self.set_routing(&routing).map_err(MsiError::Routing));
+            .and_then(|routing| self.vm.set_gsi_routing(&routing).map_err(MsiError::Routing));
         if result.is_err() {
             // The table KVM has is the one before this change.
             match before {
@@ -250,6 +186,12 @@ impl MsiVector {
         self.router.set(self.gsi, None)
     }
 
+    /// Delivers the vector as `message` from now on, or not at all for `None`. Routing a vector
+    /// as it already is changes nothing (KVM's table is not rewritten).
+    pub fn route_as(&self, message: Option<MsiMessage>) -> Result<(), MsiError> {
+        self.router.set(self.gsi, message)
+    }
+
     /// Raises the vector.
     pub fn trigger(&self) {
         // A full counter means the vector is already raised: nothing is lost.
@@ -261,6 +203,7 @@ impl Drop for MsiVector {
     fn drop(&mut self) {
         let _ = self
             .router
+            .vm
             .irqfd(&self.evt, self.gsi, KVM_IRQFD_FLAG_DEASSIGN);
         let _ = self.router.set(self.gsi, None);
     }
@@ -280,7 +223,7 @@ mod tests {
         };
         let vm = kvm.create_vm().unwrap();
         vm.create_irq_chip().unwrap();
-        let router = MsiRouter::new(&vm).unwrap();
+        let router = MsiRouter::new(VmHandle::dup(&vm).unwrap());
         let (a, b) = (router.vector().unwrap(), router.vector().unwrap());
         assert_eq!((a.gsi(), b.gsi()), (24, 25));
         let m = MsiMessage {
@@ -294,13 +237,6 @@ mod tests {
         drop(b);
         let t = router.table.lock().unwrap();
         assert!(t.routes.is_empty(), "{:?}", t.routes);
-    }
-
-    #[test]
-    fn the_ioctl_numbers_are_the_kernels() {
-        assert_eq!(KVM_IRQFD, 0x4020_ae76);
-        assert_eq!(KVM_SET_GSI_ROUTING, 0x4008_ae6a);
-        assert_eq!(VCPU_MEMSLOT_IOCTL, 0x4020_ae46);
     }
 
     #[test]

@@ -26,7 +26,7 @@ pub use pci::PciBusError;
 pub use rootfs::{FsType, ImageConfig, LayerError, MkfsError, OciError, Rootfs, RootfsError};
 
 use crate::builder::BuildError;
-use crate::device::{Attachment, MsiRouter};
+use crate::device::{Attachment, MsiRouter, VmHandle};
 use crate::devices::BusError;
 use crate::devices::virtio::vsock::{Vsock, backend::Backend};
 use crate::host_fn::HostFunctions;
@@ -597,12 +597,16 @@ pub(crate) fn build(
         shared.devices.register(&name, disk.stats());
         virtio.add(&name, Box::new(disk)).map_err(err)?;
     }
-    let mut pci = match guest.pci {
-        true => Some((
-            PciBusBuilder::new(s.mem_size, cpu::phys_bits(&vm.cpuid)).map_err(|e| err(e.into()))?,
-            MsiRouter::new(&vm.fd).map_err(|e| err(LinuxError::Device(e.to_string())))?,
-        )),
+    let vm_handle = match guest.pci {
+        true => Some(VmHandle::dup(&vm.fd).map_err(|e| err(LinuxError::Device(e.to_string())))?),
         false => None,
+    };
+    let mut pci = match &vm_handle {
+        Some(handle) => Some((
+            PciBusBuilder::new(s.mem_size, cpu::phys_bits(&vm.cpuid)).map_err(|e| err(e.into()))?,
+            MsiRouter::new(handle.clone()),
+        )),
+        None => None,
     };
     attachments.attach(
         &s.zone,
@@ -620,25 +624,9 @@ pub(crate) fn build(
             .map_err(|e| err(e.into()))?;
     }
     let mut mmio = virtio.mmio;
-    let vcpu_kind = match pci.is_some() {
-        true => crate::seccomp::ThreadKind::PciVcpu,
-        false => crate::seccomp::ThreadKind::Vcpu,
-    };
-    let mut keep: Option<Arc<pci::PciBus>> = None;
-    if let Some((bus, _)) = pci {
-        let vm_fd =
-            crate::device::dup_vm(&vm.fd).map_err(|e| err(LinuxError::Device(e.to_string())))?;
-        let bus = bus.finish(Some(vm_fd));
-        keep = Some(bus.clone());
-        let (low, high) = (layout::PCI_MMIO32, bus.high_window());
-        let ecam = Arc::new(pci::Ecam(bus.clone()));
-        let low_bars = Arc::new(pci::BarWindow(bus.clone(), low.start));
-        let high_bars = Arc::new(pci::BarWindow(bus, high.start));
-        let placed = mmio
-            .insert(layout::PCI_ECAM, layout::PCI_ECAM_SIZE, ecam)
-            .and_then(|()| mmio.insert(low.start, low.end - low.start, low_bars))
-            .and_then(|()| mmio.insert(high.start, high.end - high.start, high_bars));
-        placed.map_err(|e| err(e.into()))?;
+    let pci_bus = pci.map(|(bus, _)| bus.finish(vm_handle));
+    if let Some(bus) = &pci_bus {
+        bus.place(&mut mmio).map_err(|e| err(e.into()))?;
     }
     phases.done("devices");
 
@@ -651,9 +639,13 @@ pub(crate) fn build(
         mmio,
         shared: shared.clone(),
     });
+    let vcpu_kind = match pci_bus.is_some() {
+        true => crate::seccomp::ThreadKind::PciVcpu,
+        false => crate::seccomp::ThreadKind::Vcpu,
+    };
     let mut zone = s.launch_as(vm, shared, vcpus, exits, vcpu_kind)?;
     zone.keep
-        .extend(keep.map(|b| b as Arc<dyn std::any::Any + Send + Sync>));
+        .extend(pci_bus.map(|b| b as Arc<dyn std::any::Any + Send + Sync>));
     zone.shared.boot.launched(phases.into_list());
     Ok(zone)
 }

@@ -8,12 +8,12 @@
 //! writing all ones and usually puts back the address zone-core chose).
 
 use super::layout;
+use crate::device::VmHandle;
 use crate::device::pci::{
     BarAllocator, BarKind, ConfigChange, ConfigSpace, Header, PciFunction, command,
 };
-use crate::devices::BusDevice;
+use crate::devices::{Bus, BusDevice, BusError};
 use crate::exit::ZoneExit;
-use std::fs::File;
 use std::ops::Range;
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
@@ -69,17 +69,16 @@ const FIRST_BAR_SLOT: u32 = 16;
 /// Most mapped BAR parts a zone has at once.
 const MAX_BAR_SLOTS: u32 = 256;
 
-/// The VM (a descriptor of the bus's own) and the mapped BAR parts, by slot.
+/// The VM and the mapped BAR parts, by slot.
 #[derive(Default)]
 struct Slots {
-    vm: Option<File>,
+    vm: Option<Arc<VmHandle>>,
     /// slot → (guest address, length, host address).
     mapped: std::collections::BTreeMap<u32, (u64, u64, u64)>,
 }
 
 impl Slots {
     fn set(&self, slot: u32, gpa: u64, len: u64, host: u64) -> std::io::Result<()> {
-        use std::os::fd::AsRawFd;
         let Some(vm) = &self.vm else {
             return Ok(());
         };
@@ -90,20 +89,10 @@ impl Slots {
             memory_size: len,
             userspace_addr: host,
         };
-        // SAFETY: KVM_SET_USER_MEMORY_REGION reads the struct, which lives across the call. The
-        // host range is a function's BAR mapping, which stays mapped while the function lives,
-        // and the bus removes its slots (a size of 0) before it drops its functions.
-        let rc = unsafe {
-            libc::ioctl(
-                vm.as_raw_fd(),
-                crate::device::VCPU_MEMSLOT_IOCTL as _,
-                &region,
-            )
-        };
-        match rc {
-            0 => Ok(()),
-            _ => Err(std::io::Error::last_os_error()),
-        }
+        // SAFETY: the host range is a function's BAR mapping, which stays mapped while the
+        // function lives, and the bus removes its slots (a size of 0) before it drops its
+        // functions.
+        unsafe { vm.set_user_memory_region(&region) }
     }
 
     /// Makes the mapped parts `want` (guest address, length, host address), moving only what
@@ -218,9 +207,9 @@ impl PciBusBuilder {
         (self.low.clone(), self.high.clone())
     }
 
-    /// The bus, mapping BAR memory into the guest through `vm` (a descriptor of the VM of the
-    /// bus's own; without one, every BAR access is trapped).
-    pub(crate) fn finish(self, vm: Option<File>) -> Arc<PciBus> {
+    /// The bus, mapping BAR memory into the guest through `vm` (without one, every BAR access
+    /// is trapped).
+    pub(crate) fn finish(self, vm: Option<Arc<VmHandle>>) -> Arc<PciBus> {
         let bus = Arc::new(PciBus {
             bridge: Mutex::new(ConfigSpace::new(&bridge_header())),
             functions: self.functions.into_iter().map(Mutex::new).collect(),
@@ -238,9 +227,18 @@ impl PciBusBuilder {
 }
 
 impl PciBus {
-    /// The 64-bit BAR window.
-    pub(crate) fn high_window(&self) -> Range<u64> {
-        self.high.clone()
+    /// Puts the bus on the zone's MMIO bus: the ECAM window and both BAR windows.
+    pub(crate) fn place(self: &Arc<Self>, mmio: &mut Bus) -> Result<(), BusError> {
+        mmio.insert(
+            layout::PCI_ECAM,
+            layout::PCI_ECAM_SIZE,
+            Arc::new(Ecam(self.clone())),
+        )?;
+        for window in [&self.low, &self.high] {
+            let bars = Arc::new(BarWindow(self.clone(), window.start));
+            mmio.insert(window.start, window.end - window.start, bars)?;
+        }
+        Ok(())
     }
 
     fn function(&self, index: usize) -> Option<MutexGuard<'_, Box<dyn PciFunction>>> {
@@ -396,7 +394,7 @@ fn ecam_target(offset: u64, len: usize) -> Option<(usize, u16)> {
 }
 
 /// The ECAM window on the MMIO bus.
-pub(crate) struct Ecam(pub(crate) Arc<PciBus>);
+struct Ecam(Arc<PciBus>);
 
 impl BusDevice for Ecam {
     fn read(&self, offset: u64, data: &mut [u8]) {
@@ -410,7 +408,7 @@ impl BusDevice for Ecam {
 }
 
 /// A BAR window (starting at `.1`) on the MMIO bus.
-pub(crate) struct BarWindow(pub(crate) Arc<PciBus>, pub(crate) u64);
+struct BarWindow(Arc<PciBus>, u64);
 
 impl BusDevice for BarWindow {
     fn read(&self, offset: u64, data: &mut [u8]) {

@@ -128,8 +128,8 @@ pub(crate) fn rules(kind: ThreadKind, extra: &[i64]) -> Rules {
             ];
             if kind == ThreadKind::PciVcpu {
                 ioctls.extend([
-                    crate::device::VCPU_ROUTING_IOCTL,
-                    crate::device::VCPU_MEMSLOT_IOCTL,
+                    crate::device::KVM_SET_GSI_ROUTING,
+                    crate::device::KVM_SET_USER_MEMORY_REGION,
                     VFIO_DEVICE_SET_IRQS,
                     VFIO_DEVICE_RESET,
                 ]);
