@@ -69,13 +69,7 @@ impl RoutedMsi {
     /// has it (or not at all, when MSI is off).
     pub fn capability_written(&mut self, config: &ConfigSpace, at: u16) -> Result<(), MsiError> {
         let want = msi_message(config, at);
-        if want == self.routed {
-            return Ok(());
-        }
-        match want {
-            Some(m) => self.vector.route(m)?,
-            None => self.vector.unroute()?,
-        }
+        self.vector.route_as(want)?;
         self.routed = want;
         Ok(())
     }

@@ -1,27 +1,18 @@
 //! [`RoutedMsix`]: an emulated MSI-X table whose vectors KVM delivers, kept routed as the guest
 //! programs them.
 
+use super::ConfigSpace;
 use super::msix::{Delivery, Msix, TableChange};
-use super::{ConfigSpace, MsiMessage};
 use crate::device::{AttachContext, MsiError, MsiVector};
 
 /// MSI-X of a function, delivered through KVM: the emulated table and PBA ([`Msix`]) plus one
 /// [`MsiVector`] per table entry. A vector is routed while the guest has it enabled and
 /// unmasked (with the message it wrote) and unrouted otherwise, so the vector's eventfd can be
 /// handed to whoever raises it (the function's own thread, or the host's VFIO driver).
+#[derive(Debug)]
 pub struct RoutedMsix {
     msix: Msix,
     vectors: Vec<MsiVector>,
-    routed: Vec<Option<MsiMessage>>,
-}
-
-impl std::fmt::Debug for RoutedMsix {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RoutedMsix")
-            .field("msix", &self.msix)
-            .field("routed", &self.routed)
-            .finish()
-    }
 }
 
 impl RoutedMsix {
@@ -30,11 +21,7 @@ impl RoutedMsix {
         let vectors = (0..msix.vectors())
             .map(|_| cx.msi_vector())
             .collect::<Result<Vec<_>, _>>()?;
-        Ok(Self {
-            routed: vec![None; vectors.len()],
-            msix,
-            vectors,
-        })
+        Ok(Self { msix, vectors })
     }
 
     /// The emulated state.
@@ -105,19 +92,9 @@ impl RoutedMsix {
     }
 
     fn reroute(&mut self, vector: u16) -> Result<(), MsiError> {
-        let i = usize::from(vector);
-        let want = self.msix.message(vector);
-        let (Some(v), Some(routed)) = (self.vectors.get(i), self.routed.get_mut(i)) else {
-            return Ok(());
-        };
-        if *routed == want {
-            return Ok(());
+        match self.vectors.get(usize::from(vector)) {
+            Some(v) => v.route_as(self.msix.message(vector)),
+            None => Ok(()),
         }
-        match want {
-            Some(m) => v.route(m)?,
-            None => v.unroute()?,
-        }
-        *routed = want;
-        Ok(())
     }
 }
