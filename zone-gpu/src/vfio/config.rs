@@ -19,6 +19,18 @@ pub(crate) struct MsixPlace {
     pub(crate) pba_offset: u64,
 }
 
+impl MsixPlace {
+    /// Bytes of the table (16 a vector).
+    pub(crate) fn table_len(&self) -> u64 {
+        u64::from(self.vectors) * 16
+    }
+
+    /// Bytes of the PBA (a bit a vector, in whole quadwords).
+    pub(crate) fn pba_len(&self) -> u64 {
+        u64::from(self.vectors).div_ceil(64) * 8
+    }
+}
+
 /// The device's layout, read from its configuration space.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct Layout {
@@ -134,10 +146,8 @@ fn msix_place(raw: &[u8], bars: &[Option<Bar>; 6]) -> Option<MsixPlace> {
             .flatten()
             .is_some_and(|b| offset.checked_add(len).is_some_and(|end| end <= b.size))
     };
-    let table_len = u64::from(vectors) * 16;
-    let pba_len = u64::from(vectors).div_ceil(64) * 8;
-    (inside(place.table_bar, place.table_offset, table_len)
-        && inside(place.pba_bar, place.pba_offset, pba_len))
+    (inside(place.table_bar, place.table_offset, place.table_len())
+        && inside(place.pba_bar, place.pba_offset, place.pba_len()))
     .then_some(place)
 }
 

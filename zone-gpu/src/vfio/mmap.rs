@@ -63,12 +63,11 @@ pub(crate) fn map(device: &VfioDevice, bars: &[Option<Bar>; 6], msix: Option<Msi
         };
         let mut trapped = Vec::new();
         if let Some(p) = msix {
-            let vectors = u64::from(p.vectors);
             if p.table_bar == i {
-                trapped.push((p.table_offset, vectors * 16));
+                trapped.push((p.table_offset, p.table_len()));
             }
             if p.pba_bar == i {
-                trapped.push((p.pba_offset, vectors.div_ceil(64) * 8));
+                trapped.push((p.pba_offset, p.pba_len()));
             }
         }
         let region = device.get_region_offset(index);

@@ -1,7 +1,7 @@
 //! The passed-through function, on vfio-ioctls: a type1 container holding the device's group,
-//! every guest RAM region mapped for DMA at its guest-physical address, BAR accesses trapped and
-//! forwarded to the device's regions, MSI-X emulated and its vectors handed to VFIO as the
-//! eventfds of KVM-routed vectors.
+//! every guest RAM region mapped for DMA at its guest-physical address, the BARs' mmap-able parts
+//! mapped into the guest and the rest trapped and forwarded to the device's regions, MSI-X (or
+//! MSI) emulated and its vectors handed to VFIO as the eventfds of KVM-routed vectors.
 
 mod config;
 mod mmap;
@@ -85,25 +85,19 @@ pub(crate) fn open(
     let mut raw = [0u8; 256];
     device.vfio.region_read(CONFIG_REGION, &mut raw, 0);
     let layout = config::layout(&raw, |i| device.vfio.get_region_size(i as u32));
-    let pci = |e| GpuError::Vfio {
+    let fail = |what: &str, e: &dyn std::fmt::Display| GpuError::Vfio {
         address: address.clone(),
-        detail: format!("describing the function: {e}"),
+        detail: format!("{what}: {e}"),
     };
-    let config::GuestSpace { config, msix, msi } = config::guest_space(&layout).map_err(pci)?;
-    let vectors = |e| GpuError::Vfio {
-        address: address.clone(),
-        detail: format!("MSI vector: {e}"),
-    };
+    let config::GuestSpace { config, msix, msi } =
+        config::guest_space(&layout).map_err(|e| fail("describing the function", &e))?;
     let msi = match msi {
-        Some(at) => Some((RoutedMsi::new(cx).map_err(vectors)?, at)),
+        Some(at) => Some((RoutedMsi::new(cx).map_err(|e| fail("MSI vector", &e))?, at)),
         None => None,
     };
     let msix = match (msix, layout.msix) {
         (Some((msix, at)), Some(place)) => {
-            let routed = RoutedMsix::new(msix, cx).map_err(|e| GpuError::Vfio {
-                address: address.clone(),
-                detail: format!("MSI-X vectors: {e}"),
-            })?;
+            let routed = RoutedMsix::new(msix, cx).map_err(|e| fail("MSI-X vectors", &e))?;
             Some((routed, at, place))
         }
         _ => None,
@@ -130,19 +124,17 @@ pub(crate) fn open(
 impl Passthrough {
     /// The MSI-X table or PBA access at `offset` of BAR `bar`, if it is one.
     fn msix_access(&self, bar: usize, offset: u64, len: usize) -> Option<MsixAccess> {
-        let (routed, _, place) = self.msix.as_ref()?;
-        let table_len = u64::from(routed.msix().vectors()) * 16;
-        let pba_len = routed.msix().pba_size();
+        let (_, _, place) = self.msix.as_ref()?;
         let within = |start: u64, size: u64| {
             offset >= start
                 && offset
                     .checked_add(len as u64)
                     .is_some_and(|end| end <= start + size)
         };
-        if bar == place.table_bar && within(place.table_offset, table_len) {
+        if bar == place.table_bar && within(place.table_offset, place.table_len()) {
             return Some(MsixAccess::Table(offset - place.table_offset));
         }
-        if bar == place.pba_bar && within(place.pba_offset, pba_len) {
+        if bar == place.pba_bar && within(place.pba_offset, place.pba_len()) {
             return Some(MsixAccess::Pba(offset - place.pba_offset));
         }
         None
@@ -173,9 +165,7 @@ impl Passthrough {
             }
         }
     }
-}
 
-impl Passthrough {
     /// Follows the guest's MSI enable on the device: the vector's eventfd while enabled.
     fn sync_device_msi(&mut self) {
         let Some((routed, _)) = self.msi.as_ref() else {
