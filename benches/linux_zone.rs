@@ -80,39 +80,16 @@ fn fair_boot(
         println!("boot ({label}): zones did not boot; no comparison");
         return;
     }
-    found.retain(|p| {
-        let ok = p.boot().is_some();
-        if !ok {
-            println!(
-                "boot ({label}): peer SKIPPED: {} did not reach /init (warm-up)",
-                p.label
-            );
-        }
-        ok
-    });
+    peers::keep_booting(&mut found, &format!("boot ({label})"));
     let mut zones_runs = Vec::new();
-    let mut peer_runs: Vec<Vec<Duration>> = vec![Vec::new(); found.len()];
     let mut last_report = None;
-    for round in 0..ROUNDS {
-        let variants = found.len() + 1;
-        for k in 0..variants {
-            match (round + k) % variants {
-                0 => {
-                    if let Some((t, zone)) = zones_first_exec(zones_boot) {
-                        zones_runs.push(t);
-                        last_report = Some(zone.boot_report());
-                        zone.kill();
-                    }
-                }
-                i => {
-                    if let Some(t) = found[i - 1].boot() {
-                        peer_runs[i - 1].push(t);
-                    }
-                }
-            }
+    let peer_runs = peers::interleaved(ROUNDS, label, &found, || {
+        if let Some((t, zone)) = zones_first_exec(zones_boot) {
+            zones_runs.push(t);
+            last_report = Some(zone.boot_report());
+            zone.kill();
         }
-        eprintln!("  {label}: round {} of {ROUNDS} done", round + 1);
-    }
+    });
     if zones_runs.is_empty() {
         println!("boot ({label}): zones failed every round");
         return;

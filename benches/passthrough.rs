@@ -94,37 +94,14 @@ fn main() {
             continue;
         }
         let mut qemus = peers::qemu_passthrough(&bzimage, &initrd, memory_mib, &address);
-        qemus.retain(|p| {
-            let ok = p.boot().is_some();
-            if !ok {
-                println!(
-                    "passthrough ({label}): peer SKIPPED: {} did not reach /init (warm-up)",
-                    p.label
-                );
-            }
-            ok
-        });
+        peers::keep_booting(&mut qemus, &format!("passthrough ({label})"));
         let (mut zones_runs, mut maps) = (Vec::new(), Vec::new());
-        let mut peer_runs: Vec<Vec<Duration>> = vec![Vec::new(); qemus.len()];
-        for round in 0..ROUNDS {
-            let variants = qemus.len() + 1;
-            for k in 0..variants {
-                match (round + k) % variants {
-                    0 => {
-                        if let Some((t, map_us)) = zones_first_exec(&address, memory_mib) {
-                            zones_runs.push(t);
-                            maps.push(Duration::from_micros(map_us));
-                        }
-                    }
-                    i => {
-                        if let Some(t) = qemus[i - 1].boot() {
-                            peer_runs[i - 1].push(t);
-                        }
-                    }
-                }
+        let peer_runs = peers::interleaved(ROUNDS, &label, &qemus, || {
+            if let Some((t, map_us)) = zones_first_exec(&address, memory_mib) {
+                zones_runs.push(t);
+                maps.push(Duration::from_micros(map_us));
             }
-            eprintln!("  {label}: round {} of {ROUNDS} done", round + 1);
-        }
+        });
         if zones_runs.is_empty() {
             println!("passthrough ({label}): zones failed every round");
             continue;

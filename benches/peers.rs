@@ -244,6 +244,42 @@ pub fn qemu_passthrough(bzimage: &Path, initrd: &Path, memory_mib: u64, bdf: &st
         .collect()
 }
 
+/// Drops the peers that cannot boot (one try each, the warm-up), saying so after `prefix`.
+pub fn keep_booting(peers: &mut Vec<Peer>, prefix: &str) {
+    peers.retain(|p| {
+        let ok = p.boot().is_some();
+        if !ok {
+            println!(
+                "{prefix}: peer SKIPPED: {} did not reach /init (warm-up)",
+                p.label
+            );
+        }
+        ok
+    });
+}
+
+/// `rounds` rounds of zones (`zones`, called on its turn) and every peer, each round in a
+/// rotated order; each peer's successful boot times, in `peers`' order.
+pub fn interleaved(
+    rounds: usize,
+    label: &str,
+    peers: &[Peer],
+    mut zones: impl FnMut(),
+) -> Vec<Vec<Duration>> {
+    let mut runs = vec![Vec::new(); peers.len()];
+    let variants = peers.len() + 1;
+    for round in 0..rounds {
+        for k in 0..variants {
+            match (round + k) % variants {
+                0 => zones(),
+                i => runs[i - 1].extend(peers[i - 1].boot()),
+            }
+        }
+        eprintln!("  {label}: round {} of {rounds} done", round + 1);
+    }
+    runs
+}
+
 impl Peer {
     /// Spawn to marker, or None when the peer failed or took over [`BOOT_LIMIT`].
     pub fn boot(&self) -> Option<Duration> {
