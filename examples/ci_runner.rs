@@ -6,6 +6,7 @@
 //! cargo run --release --example ci_runner -- [OPTIONS] PROJECT_DIR -- COMMAND [ARGS...]
 //! #   --timeout SECS     the command's time limit (default 600)
 //! #   --memory MIB       the zone's memory (default 512); --vcpus N (default 2)
+//! #   --ready SECS       how long the zone may take to boot (default 300)
 //! #   --rootfs-dir DIR   a root filesystem directory for the command's userland (default:
 //! #                      busybox); e.g. target/lab-images/debian-python for python3
 //! #   --kernel PATH      default: the host's newest /boot/vmlinuz-* with its modules
@@ -37,6 +38,7 @@ struct Job {
     vcpus: u32,
     rootfs_dir: Option<String>,
     kernel: Option<String>,
+    ready: Duration,
 }
 
 fn job() -> Result<Job, String> {
@@ -49,6 +51,7 @@ fn job() -> Result<Job, String> {
         vcpus: 2,
         rootfs_dir: None,
         kernel: None,
+        ready: Duration::from_secs(300),
     };
     let number = |v: Option<String>, what: &str| -> Result<u64, String> {
         v.ok_or(format!("{what} needs a value"))?
@@ -60,6 +63,7 @@ fn job() -> Result<Job, String> {
             "--timeout" => job.timeout = Duration::from_secs(number(args.next(), "--timeout")?),
             "--memory" => job.memory_mib = number(args.next(), "--memory")?,
             "--vcpus" => job.vcpus = number(args.next(), "--vcpus")? as u32,
+            "--ready" => job.ready = Duration::from_secs(number(args.next(), "--ready")?),
             "--rootfs-dir" => job.rootfs_dir = Some(args.next().ok_or("--rootfs-dir needs a dir")?),
             "--kernel" => job.kernel = Some(args.next().ok_or("--kernel needs a path")?),
             "--" => {
@@ -166,7 +170,18 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .args(["-c", &script, "ci"])
         .args(&job.command)
         .timeout(job.timeout);
-    zone.wait_ready_async(Duration::from_secs(300)).await?;
+    if let Err(e) = zone.wait_ready_async(job.ready).await {
+        // What the guest reached, for the report: the host's milestones and the console's end.
+        eprintln!("{}", zone.boot_report_async().await);
+        let console = zone.console_text();
+        let tail = console.len().saturating_sub(4000);
+        let tail = console.get(tail..).unwrap_or(&console);
+        eprintln!("--- the zone's console, its end (escaped):");
+        for line in tail.lines() {
+            eprintln!("  {}", line.escape_debug());
+        }
+        return Err(e.into());
+    }
     let mut process = zone.spawn_async(&cmd).await?;
     drop(process.take_stdin()); // no input: end of file at once
     let ready_at = started.elapsed();

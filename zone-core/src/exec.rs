@@ -45,6 +45,17 @@ pub(crate) struct AgentPlan {
     pub(crate) deadline: Instant,
 }
 
+impl AgentPlan {
+    /// Until when one connection attempt waits for the guest's answer. A guest whose vsock
+    /// driver is up answers every request in a round trip (accepted, or refused while nothing
+    /// listens); one that goes unanswered all the same (a packet or an interrupt lost in the
+    /// guest) is given up after [`AGENT_ANSWER_TIMEOUT`], reset, and made again, rather than
+    /// holding the whole wait for the agent.
+    pub(crate) fn attempt_deadline(&self) -> Instant {
+        (Instant::now() + AGENT_ANSWER_TIMEOUT).min(self.deadline)
+    }
+}
+
 /// What one connection attempt to the agent means.
 pub(crate) enum Attempt {
     /// It answered.
@@ -621,8 +632,11 @@ impl ZoneHandle {
                 plan.backend.mark_agent_seen();
                 Attempt::Connected(stream)
             }
-            // Not listening yet (still booting), or restarting: try again shortly.
-            Err(VsockError::Refused | VsockError::Reset) if Instant::now() < plan.deadline => {
+            // Not listening yet (still booting), restarting, or an attempt not answered (see
+            // AgentPlan::attempt_deadline): try again shortly.
+            Err(VsockError::Refused | VsockError::Reset | VsockError::TimedOut)
+                if Instant::now() < plan.deadline =>
+            {
                 Attempt::Retry
             }
             Err(VsockError::Closed(_)) => Attempt::Stopped,
@@ -649,7 +663,9 @@ impl ZoneHandle {
                 let zone = self.name().to_string();
                 return Err(ExecError::ZoneStopped { zone, exit });
             }
-            let result = plan.backend.connect(proto::AGENT_PORT, plan.deadline);
+            let result = plan
+                .backend
+                .connect(proto::AGENT_PORT, plan.attempt_deadline());
             match self.judge(&plan, result) {
                 Attempt::Connected(stream) => return Ok(stream),
                 Attempt::Retry => {

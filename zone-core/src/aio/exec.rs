@@ -410,7 +410,7 @@ impl ZoneHandle {
             let result = match plan.backend.open(proto::AGENT_PORT) {
                 Ok(stream) => {
                     let answer = poll_fn(|cx| stream.poll_connected(cx));
-                    match tokio::time::timeout_at(plan.deadline.into(), answer).await {
+                    match tokio::time::timeout_at(plan.attempt_deadline().into(), answer).await {
                         Ok(Ok(())) => Ok(stream),
                         Ok(Err(e)) => Err(e),
                         Err(_) => Err(VsockError::TimedOut),

@@ -689,7 +689,9 @@ impl Drop for Stream {
             conn.send.clear();
             if matches!(conn.state, ConnState::Connected | ConnState::Connecting) {
                 conn.state = ConnState::Reset;
-                conn.need_rst = true;
+                // A request never sent needs no reset: the guest never heard of the connection.
+                conn.need_rst = !conn.need_request;
+                conn.need_request = false;
             }
         }
         drop(st);
@@ -766,6 +768,35 @@ mod tests {
         drop(stream);
         let (h, _) = b.next_for_guest(4096).unwrap();
         assert_eq!(h.op, Op::Rst, "dropping the stream resets the connection");
+    }
+
+    #[test]
+    fn an_unanswered_attempt_times_out_and_is_reset_only_if_it_was_sent() {
+        let b = Arc::new(Backend::new(GUEST).unwrap());
+        let shortly = || Instant::now() + Duration::from_millis(20);
+        // Never delivered (no guest driver took it): dropped without a word to the guest.
+        assert_eq!(b.connect(1024, shortly()).err(), Some(VsockError::TimedOut));
+        assert!(!b.has_pending(), "a request never sent needs no reset");
+        // Delivered but never answered: the guest is told the attempt is over.
+        let b2 = b.clone();
+        let guest_side = std::thread::spawn(move || {
+            loop {
+                if let Some((h, _)) = b2.next_for_guest(4096) {
+                    return h;
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        });
+        let attempt = b.connect(1024, Instant::now() + Duration::from_millis(200));
+        let request = guest_side.join().unwrap();
+        assert_eq!(request.op, Op::Request);
+        assert_eq!(attempt.err(), Some(VsockError::TimedOut));
+        let (rst, _) = b.next_for_guest(4096).unwrap();
+        assert_eq!((rst.op, rst.src_port), (Op::Rst, request.src_port));
+        // The next attempt is a connection of its own, answered as usual.
+        let (stream, port) = connect(&b, Op::Response);
+        assert!(stream.is_ok());
+        assert_ne!(port, request.src_port);
     }
 
     #[test]
