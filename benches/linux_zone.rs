@@ -9,8 +9,10 @@
 //! - exec round trip (`true`), criterion median;
 //! - exec throughput: 64 MiB of stdout written 4 KiB and 1 MiB at a time, beside the floor of the
 //!   same 4 KiB writer piped to `cat` inside the guest; 16 MiB through stdin;
-//! - memory overhead: growth of this process's RSS once a zone has booted and run a command,
-//!   minus the guest memory the zone touched.
+//! - memory overhead: growth of this process's anonymous RSS once zones have booted and run a
+//!   command, minus the guest memory they touched, per zone, for 1, 8 and 32 zones.
+//!
+//! `ZONES_BENCH_MEMORY_ONLY=1` stops after the memory overhead.
 //!
 //! Criterion writes its reports under `$CRITERION_HOME` (lab/test sets it to /tmp in the lab,
 //! whose root file system is read-only).
@@ -18,7 +20,7 @@
 mod common;
 mod peers;
 
-use common::{median, rss_kib};
+use common::{median, rss_anon_kib};
 use criterion::Criterion;
 use std::time::{Duration, Instant};
 use zones::prelude::*;
@@ -170,24 +172,49 @@ fn zones_kernel_path() -> String {
     common::host_kernel_path().expect("a kernel in /boot")
 }
 
-fn report_memory_and_throughput() {
-    let rss_before = rss_kib();
+/// `n` booted 64-MiB zones that have each run `true`, and the guest memory they touched (KiB).
+fn booted_zones(n: usize) -> (Vec<Zone>, u64) {
+    let zones: Vec<Zone> = (0..n)
+        .map(|_| {
+            let zone = Zone::builder()
+                .memory_mib(64)
+                .linux(boot())
+                .build()
+                .expect("Linux zone");
+            zone.wait_ready(Duration::from_secs(300))
+                .expect("agent ready");
+            let out = zone.exec(&Command::new("true")).expect("exec");
+            assert!(out.status.success());
+            zone
+        })
+        .collect();
+    let guest = zones
+        .iter()
+        .map(|z| z.metrics().memory_resident_bytes.unwrap_or(0) >> 10)
+        .sum();
+    (zones, guest)
+}
+
+/// VMM memory overhead: this process's anonymous RSS beyond the guest memory its zones touched,
+/// per zone, for 1 zone (the first of the process: one-time costs included), then 8 and 32
+/// zones alive at once. Runs first, before anything else in the process.
+fn report_memory() {
+    for n in [1, 8, 32] {
+        let before = rss_anon_kib();
+        let (zones, guest) = booted_zones(n);
+        let grew = rss_anon_kib().saturating_sub(before);
+        println!(
+            "memory overhead, {n} zone(s) of 64 MiB: {} KiB per zone (anonymous RSS grew {grew} KiB, guest memory touched {guest} KiB)",
+            (grew as i64 - guest as i64) / n as i64
+        );
+        drop(zones);
+    }
+}
+
+fn report_throughput() {
     let zone = zone(boot());
     zone.wait_ready(Duration::from_secs(300))
         .expect("agent ready");
-    assert!(
-        zone.exec(&Command::new("true"))
-            .expect("exec")
-            .status
-            .success()
-    );
-    // Measured before any large output exists in this process.
-    let guest = zone.metrics().memory_resident_bytes.unwrap_or(0) >> 10;
-    let grew = rss_kib().saturating_sub(rss_before);
-    println!(
-        "memory: process RSS grew {grew} KiB with a booted zone; guest memory touched {guest} KiB; VMM overhead {} KiB",
-        grew.saturating_sub(guest)
-    );
     let bytes = 64u64 << 20;
     let n = bytes.to_string();
     let mb_s = |secs: f64| bytes as f64 / secs / 1e6;
@@ -261,8 +288,12 @@ fn main() {
         );
         return;
     }
-    // Memory first: later zones would leave freed heap behind that hides the VMM's own growth.
-    report_memory_and_throughput();
+    // Memory first: a process that has run other zones has paid its one-time costs already.
+    report_memory();
+    if on("ZONES_BENCH_MEMORY_ONLY") {
+        return;
+    }
+    report_throughput();
     report_boot();
     let mut c = Criterion::default().configure_from_args();
     exec_latency(&mut c);

@@ -10,6 +10,16 @@ pub fn median(mut v: Vec<Duration>) -> Duration {
 }
 
 /// This process's resident set in KiB (0 when /proc cannot be read).
+/// This process's anonymous resident memory (RssAnon), in KiB: heap, stacks and guest memory,
+/// without the binary's code pages.
+pub fn rss_anon_kib() -> u64 {
+    let s = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    s.lines()
+        .find_map(|l| l.strip_prefix("RssAnon:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
 pub fn rss_kib() -> u64 {
     let s = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     s.lines()

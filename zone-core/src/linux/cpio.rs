@@ -106,19 +106,60 @@ pub enum CpioError {
 /// mode 0o755 before the entry that needs them. Each path may be added once. An entry that fails
 /// to be added leaves the archive unchanged.
 #[derive(Debug, Default)]
-pub(crate) struct CpioWriter {
+pub(crate) struct CpioWriter<B: ArchiveBuf = Vec<u8>> {
     /// The archive so far, without the trailer.
-    buf: Vec<u8>,
+    buf: B,
     /// Every path in the archive, and whether it is a directory.
     paths: HashMap<String, bool>,
     /// Inode number of the last entry (0 before the first).
     last_ino: u32,
 }
 
+/// Where a [`CpioWriter`] puts its archive: a `Vec`, or a buffer outside the heap
+/// ([`super::blob::Scratch`]).
+pub(crate) trait ArchiveBuf {
+    /// Appends `bytes`.
+    fn extend_from_slice(&mut self, bytes: &[u8]);
+    /// Bytes so far.
+    fn len(&self) -> usize;
+}
+
+impl ArchiveBuf for Vec<u8> {
+    fn extend_from_slice(&mut self, bytes: &[u8]) {
+        Vec::extend_from_slice(self, bytes);
+    }
+
+    fn len(&self) -> usize {
+        Vec::len(self)
+    }
+}
+
+impl ArchiveBuf for super::blob::Scratch {
+    fn extend_from_slice(&mut self, bytes: &[u8]) {
+        super::blob::Scratch::extend_from_slice(self, bytes);
+    }
+
+    fn len(&self) -> usize {
+        super::blob::Scratch::len(self)
+    }
+}
+
+#[cfg(test)]
 impl CpioWriter {
     /// An empty archive.
     pub(crate) fn new() -> Self {
         Self::default()
+    }
+}
+
+impl<B: ArchiveBuf> CpioWriter<B> {
+    /// An empty archive written into `buf` (which must be empty).
+    pub(crate) fn with_buffer(buf: B) -> Self {
+        Self {
+            buf,
+            paths: HashMap::new(),
+            last_ino: 0,
+        }
     }
 
     /// Adds a directory with permission bits `mode` (e.g. `("dev", 0o755)`).
@@ -169,7 +210,7 @@ impl CpioWriter {
     }
 
     /// Ends the archive with the trailer entry and pads it to a multiple of 512 bytes.
-    pub(crate) fn finish(mut self) -> Vec<u8> {
+    pub(crate) fn finish(mut self) -> B {
         let header = Header {
             ino: 0,
             mode: 0,
@@ -179,7 +220,7 @@ impl CpioWriter {
         };
         push_entry(&mut self.buf, &header, TRAILER, &[]);
         let padded = self.buf.len().next_multiple_of(BLOCK);
-        self.buf.resize(padded, 0);
+        pad_to(&mut self.buf, padded);
         self.buf
     }
 
@@ -261,7 +302,7 @@ struct Header {
 }
 
 /// Appends a header, the padded name and the padded data.
-fn push_entry(buf: &mut Vec<u8>, header: &Header, name: &str, data: &[u8]) {
+fn push_entry(buf: &mut impl ArchiveBuf, header: &Header, name: &str, data: &[u8]) {
     buf.extend_from_slice(MAGIC);
     let namesize = name.len() + 1;
     let fields = [
@@ -284,24 +325,35 @@ fn push_entry(buf: &mut Vec<u8>, header: &Header, name: &str, data: &[u8]) {
         push_hex(buf, field);
     }
     buf.extend_from_slice(name.as_bytes());
-    buf.push(0);
+    buf.extend_from_slice(&[0]);
     pad4(buf);
     buf.extend_from_slice(data);
     pad4(buf);
 }
 
 /// Appends `value` as 8 lowercase hex digits.
-fn push_hex(buf: &mut Vec<u8>, value: u32) {
+fn push_hex(buf: &mut impl ArchiveBuf, value: u32) {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    for shift in (0..8).rev() {
-        buf.push(DIGITS[((value >> (shift * 4)) & 0xf) as usize]);
+    let mut hex = [0u8; 8];
+    for (i, shift) in (0..8).rev().enumerate() {
+        hex[i] = DIGITS[((value >> (shift * 4)) & 0xf) as usize];
     }
+    buf.extend_from_slice(&hex);
 }
 
 /// Pads with zeros to a multiple of 4 bytes (the archive starts aligned).
-fn pad4(buf: &mut Vec<u8>) {
+fn pad4(buf: &mut impl ArchiveBuf) {
     let padded = buf.len().next_multiple_of(4);
-    buf.resize(padded, 0);
+    pad_to(buf, padded);
+}
+
+/// Pads with zeros to `len` bytes.
+fn pad_to(buf: &mut impl ArchiveBuf, len: usize) {
+    const ZEROS: [u8; 512] = [0; 512];
+    while buf.len() < len {
+        let n = (len - buf.len()).min(ZEROS.len());
+        buf.extend_from_slice(&ZEROS[..n]);
+    }
 }
 
 /// The length of an entry's data as a header field.

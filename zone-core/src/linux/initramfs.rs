@@ -14,10 +14,10 @@
 
 use std::collections::{HashMap, HashSet};
 use std::fmt::Write as _;
-use std::io::Read as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use super::blob::{Blob, Scratch};
 use super::cpio::{CpioError, CpioWriter};
 use super::decompress::{self, Compression};
 
@@ -207,6 +207,9 @@ pub enum InitramfsError {
         /// Why the archive refused it.
         source: CpioError,
     },
+    /// Memory for the archive could not be mapped (or grown).
+    #[error("cannot map memory for the initramfs: {0}")]
+    Memory(std::io::Error),
     /// The initramfs would exceed its size limit.
     #[error(
         "the initramfs would be larger than {limit} bytes (at {what:?}); ship fewer or smaller \
@@ -232,21 +235,25 @@ pub(crate) fn resolve_modules(
     wanted: &[&str],
 ) -> Result<Vec<ModuleFile>, InitramfsError> {
     let dep_path = modules_dir.join("modules.dep");
-    let index = DepIndex::parse(&read_index(&dep_path, false)?, &dep_path)?;
+    let dep_text = read_index(&dep_path, false)?;
+    let index = DepIndex::parse(index_text(&dep_text, &dep_path)?, &dep_path)?;
     let builtin_path = modules_dir.join("modules.builtin");
-    let builtin: HashSet<String> = read_index(&builtin_path, true)?
-        .lines()
-        .map(str::trim)
-        .filter(|line| !line.is_empty() && !line.starts_with('#'))
-        .map(module_name)
-        .collect();
+    let builtin_text = read_index(&builtin_path, true)?;
+    let builtin_text = index_text(&builtin_text, &builtin_path)?;
+    let builtin = |normalized: &str| {
+        builtin_text
+            .lines()
+            .map(str::trim)
+            .filter(|line| !line.is_empty() && !line.starts_with('#'))
+            .any(|line| is_module(line, normalized))
+    };
 
     let mut roots = Vec::new();
     for name in wanted {
         let normalized = normalize(name);
-        match index.by_name.get(&normalized) {
-            Some(&i) => roots.push(i),
-            None if builtin.contains(&normalized) => {}
+        match index.find(&normalized) {
+            Some(i) => roots.push(i),
+            None if builtin(&normalized) => {}
             None => {
                 return Err(InitramfsError::UnknownModule {
                     name: (*name).to_owned(),
@@ -260,15 +267,15 @@ pub(crate) fn resolve_modules(
         .into_iter()
         .map(|i| {
             let module = &index.modules[i];
-            let path = modules_dir.join(&module.path);
+            let path = modules_dir.join(module.path);
             if !path.is_file() {
                 return Err(InitramfsError::MissingModuleFile {
-                    module: module.name.clone(),
+                    module: module.name(),
                     path,
                 });
             }
             Ok(ModuleFile {
-                name: module.name.clone(),
+                name: module.name(),
                 path,
             })
         })
@@ -285,7 +292,7 @@ pub(crate) fn build(
     agent: &[u8],
     modules: &[ModuleFile],
     extra: &[ExtraFile],
-) -> Result<Vec<u8>, InitramfsError> {
+) -> Result<Blob, InitramfsError> {
     build_with_limit(agent, modules, extra, MAX_INITRAMFS)
 }
 
@@ -295,9 +302,16 @@ fn build_with_limit(
     modules: &[ModuleFile],
     extra: &[ExtraFile],
     limit: usize,
-) -> Result<Vec<u8>, InitramfsError> {
+) -> Result<Blob, InitramfsError> {
+    // Room for the agent and typical modules; the buffer grows past it when needed.
+    let reserve = agent
+        .len()
+        .saturating_add(16 << 20)
+        .min(limit.saturating_add(4096));
     let mut archive = Archive {
-        writer: CpioWriter::new(),
+        writer: CpioWriter::with_buffer(
+            Scratch::with_capacity(reserve).map_err(InitramfsError::Memory)?,
+        ),
         limit,
     };
     archive.file("init", 0o755, agent)?;
@@ -337,19 +351,24 @@ fn build_with_limit(
     }
 
     let bytes = archive.writer.finish();
+    if !bytes.complete() {
+        return Err(InitramfsError::Memory(
+            std::io::ErrorKind::OutOfMemory.into(),
+        ));
+    }
     if bytes.len() > limit {
         return Err(InitramfsError::TooLarge {
             what: "the end of the archive".to_owned(),
             limit,
         });
     }
-    Ok(bytes)
+    Ok(Blob::Scratch(bytes))
 }
 
 /// A [`CpioWriter`] with a size limit and errors that name the guest path.
 struct Archive {
     /// The archive being built.
-    writer: CpioWriter,
+    writer: CpioWriter<Scratch>,
     /// The largest archive accepted.
     limit: usize,
 }
@@ -370,7 +389,7 @@ impl Archive {
     fn add(
         &mut self,
         guest_path: &str,
-        add: impl FnOnce(&mut CpioWriter) -> Result<(), CpioError>,
+        add: impl FnOnce(&mut CpioWriter<Scratch>) -> Result<(), CpioError>,
     ) -> Result<(), InitramfsError> {
         add(&mut self.writer).map_err(|source| InitramfsError::Entry {
             guest_path: guest_path.to_owned(),
@@ -385,13 +404,13 @@ impl Archive {
 
     /// Reads a module, decompressing it when its name says it is compressed (through the
     /// process-wide cache of [`super::decompress`]).
-    fn read_module(&self, module: &ModuleFile) -> Result<Arc<[u8]>, InitramfsError> {
+    fn read_module(&self, module: &ModuleFile) -> Result<Blob, InitramfsError> {
         let kind = Compression::of(&module.path);
         if kind == Compression::None {
-            return Ok(self.read_host_file(&module.path, &module.name)?.into());
+            return self.read_host_file(&module.path, &module.name);
         }
         if let Some(data) = decompress::cached(&module.path) {
-            return Ok(data);
+            return Ok(Blob::Shared(data));
         }
         let packed = self.read_host_file(&module.path, &module.name)?;
         let data: Arc<[u8]> = decompress::decompress(kind, &packed, self.budget())
@@ -402,29 +421,25 @@ impl Archive {
             })?
             .into();
         decompress::remember(&module.path, data.clone());
-        Ok(data)
+        Ok(Blob::Shared(data))
     }
 
     /// Reads a host file for `what` (a module name or guest path), reading no more than the
     /// size limit allows.
-    fn read_host_file(&self, path: &Path, what: &str) -> Result<Vec<u8>, InitramfsError> {
-        let budget = self.budget();
+    fn read_host_file(&self, path: &Path, what: &str) -> Result<Blob, InitramfsError> {
         let read_error = |source| InitramfsError::ReadHostFile {
             what: what.to_owned(),
             path: path.to_owned(),
             source,
         };
         let file = std::fs::File::open(path).map_err(read_error)?;
-        let mut data = Vec::new();
-        let cap = u64::try_from(budget).unwrap_or(u64::MAX).saturating_add(1);
-        file.take(cap).read_to_end(&mut data).map_err(read_error)?;
-        if data.len() > budget {
-            return Err(InitramfsError::TooLarge {
+        match Scratch::read_file(&file, self.budget()).map_err(read_error)? {
+            Some(data) => Ok(Blob::Scratch(data)),
+            None => Err(InitramfsError::TooLarge {
                 what: what.to_owned(),
                 limit: self.limit,
-            });
+            }),
         }
-        Ok(data)
     }
 }
 
@@ -458,18 +473,34 @@ fn normalize(name: &str) -> String {
 
 /// The normalized module name of a path in a depmod index (compressed or not).
 fn module_name(path: &str) -> String {
+    normalize(stem(path))
+}
+
+/// The file name of a path in a depmod index without its `.ko` (and compression) suffix.
+fn stem(path: &str) -> &str {
     let file = path.rsplit('/').next().unwrap_or(path);
     for suffix in COMPRESSED_SUFFIXES {
         if let Some(stem) = file.strip_suffix(suffix) {
-            return normalize(stem);
+            return stem;
         }
     }
-    normalize(file.strip_suffix(".ko").unwrap_or(file))
+    file.strip_suffix(".ko").unwrap_or(file)
+}
+
+/// Whether the index path `path` is the module `normalized` (without allocating: the index
+/// has thousands of lines and is searched for a handful of names).
+fn is_module(path: &str, normalized: &str) -> bool {
+    let stem = stem(path);
+    stem.len() == normalized.len()
+        && stem
+            .bytes()
+            .zip(normalized.bytes())
+            .all(|(a, b)| (if a == b'-' { b'_' } else { a }) == b)
 }
 
 /// Reads an index file of the modules directory, bounded by [`MAX_INDEX`]. With `optional`, a
 /// missing file reads as empty.
-fn read_index(path: &Path, optional: bool) -> Result<String, InitramfsError> {
+fn read_index(path: &Path, optional: bool) -> Result<Blob, InitramfsError> {
     let read_error = |source| InitramfsError::ReadIndex {
         path: path.to_owned(),
         source,
@@ -477,49 +508,69 @@ fn read_index(path: &Path, optional: bool) -> Result<String, InitramfsError> {
     let file = match std::fs::File::open(path) {
         Ok(file) => file,
         Err(e) if optional && e.kind() == std::io::ErrorKind::NotFound => {
-            return Ok(String::new());
+            return Ok(Blob::Owned(Vec::new()));
         }
         Err(e) => return Err(read_error(e)),
     };
-    let mut text = String::new();
-    file.take(MAX_INDEX + 1)
-        .read_to_string(&mut text)
-        .map_err(read_error)?;
-    if text.len() as u64 > MAX_INDEX {
-        return Err(InitramfsError::IndexTooLarge {
+    // Outside the heap: the index is read for each zone's build and dropped after it.
+    match Scratch::read_file(&file, MAX_INDEX as usize).map_err(read_error)? {
+        Some(text) => Ok(Blob::Scratch(text)),
+        None => Err(InitramfsError::IndexTooLarge {
             path: path.to_owned(),
             limit: MAX_INDEX,
-        });
+        }),
     }
-    Ok(text)
 }
 
-/// One line of `modules.dep`.
-struct DepEntry {
-    /// Normalized module name.
-    name: String,
+/// The text of an index read by [`read_index`].
+fn index_text<'a>(bytes: &'a [u8], path: &Path) -> Result<&'a str, InitramfsError> {
+    std::str::from_utf8(bytes).map_err(|e| InitramfsError::ReadIndex {
+        path: path.to_owned(),
+        source: std::io::Error::new(std::io::ErrorKind::InvalidData, e),
+    })
+}
+
+/// One line of `modules.dep`, borrowed from its text.
+struct DepEntry<'a> {
     /// Path relative to the modules directory (or absolute, as old depmods wrote).
-    path: String,
-    /// Dependency paths as listed.
-    deps: Vec<String>,
+    path: &'a str,
+    /// Dependency paths as listed, separated by whitespace.
+    deps: &'a str,
 }
 
-/// `modules.dep`, parsed.
-struct DepIndex {
+impl DepEntry<'_> {
+    /// The normalized module name.
+    fn name(&self) -> String {
+        module_name(self.path)
+    }
+
+    /// The `n`th dependency counted from the last listed, if there is one.
+    fn dep_from_last(&self, n: usize) -> Option<&str> {
+        self.deps.split_whitespace().rev().nth(n)
+    }
+}
+
+/// `modules.dep`, parsed: a few small allocations however many modules the kernel has (the
+/// entries borrow the text).
+struct DepIndex<'a> {
     /// The lines, in file order.
-    modules: Vec<DepEntry>,
-    /// Index into `modules` by normalized name (the first line wins).
-    by_name: HashMap<String, usize>,
+    modules: Vec<DepEntry<'a>>,
     /// Index into `modules` by listed path.
-    by_path: HashMap<String, usize>,
+    by_path: HashMap<&'a str, usize>,
 }
 
-impl DepIndex {
+impl<'a> DepIndex<'a> {
+    /// The first line of module `normalized`.
+    fn find(&self, normalized: &str) -> Option<usize> {
+        self.modules
+            .iter()
+            .position(|m| is_module(m.path, normalized))
+    }
+
     /// Parses the text of `modules.dep` (read from `path`, named in errors).
-    fn parse(text: &str, path: &Path) -> Result<Self, InitramfsError> {
+    fn parse(text: &'a str, path: &Path) -> Result<Self, InitramfsError> {
         let mut index = Self {
             modules: Vec::new(),
-            by_name: HashMap::new(),
             by_path: HashMap::new(),
         };
         for (number, line) in text.lines().enumerate() {
@@ -540,15 +591,9 @@ impl DepIndex {
             {
                 return Err(malformed("the module path does not end in .ko"));
             }
-            let name = module_name(module);
             let i = index.modules.len();
-            index.by_name.entry(name.clone()).or_insert(i);
-            index.by_path.entry(module.to_owned()).or_insert(i);
-            index.modules.push(DepEntry {
-                name,
-                path: module.to_owned(),
-                deps: deps.split_whitespace().map(str::to_owned).collect(),
-            });
+            index.by_path.entry(module).or_insert(i);
+            index.modules.push(DepEntry { path: module, deps });
         }
         Ok(index)
     }
@@ -579,20 +624,18 @@ impl DepIndex {
             state[root] = State::Visiting;
             while let Some(top) = stack.last_mut() {
                 let (module, visited) = *top;
-                let deps = &self.modules[module].deps;
-                if visited == deps.len() {
+                let Some(dep_path) = self.modules[module].dep_from_last(visited) else {
                     state[module] = State::Done;
                     order.push(module);
                     stack.pop();
                     continue;
-                }
+                };
                 top.1 += 1;
-                let dep_path = &deps[deps.len() - 1 - visited];
                 let Some(&dep) = self.by_path.get(dep_path) else {
                     return Err(InitramfsError::MissingDependency {
                         path: path.to_owned(),
-                        module: self.modules[module].name.clone(),
-                        dependency: dep_path.clone(),
+                        module: self.modules[module].name(),
+                        dependency: dep_path.to_owned(),
                     });
                 };
                 match state[dep] {
@@ -600,7 +643,7 @@ impl DepIndex {
                     State::Visiting => {
                         return Err(InitramfsError::DependencyCycle {
                             path: path.to_owned(),
-                            module: self.modules[dep].name.clone(),
+                            module: self.modules[dep].name(),
                         });
                     }
                     State::New => {
@@ -1093,7 +1136,7 @@ kernel/z/uses_z.ko: kernel/z/zstmod.ko.zst
         let started = std::time::Instant::now();
         let warm = build(b"agent", &modules, &[]).unwrap();
         let warm_time = started.elapsed();
-        assert_eq!(cold, warm);
+        assert_eq!(*cold, *warm);
         let entries = parse(&cold);
         let order =
             String::from_utf8(find(&entries, "lib/modules/zones/order").data.clone()).unwrap();

@@ -3,6 +3,8 @@
 
 mod acpi;
 mod agent;
+mod blob;
+use blob::{Blob, Scratch};
 mod boot;
 mod cpio;
 mod cpu;
@@ -66,28 +68,30 @@ impl Image {
         }
     }
 
-    fn read(&self, what: &'static str) -> Result<Arc<[u8]>, LinuxError> {
+    fn read(&self, what: &'static str) -> Result<Blob, LinuxError> {
         match self {
-            Image::Bytes(b) => Ok(b.clone()),
+            Image::Bytes(b) => Ok(Blob::Shared(b.clone())),
             Image::Path(p) => {
-                let meta = std::fs::metadata(p).map_err(|source| LinuxError::Read {
+                let read_error = |source| LinuxError::Read {
                     what,
                     path: p.clone(),
                     source,
-                })?;
-                if meta.len() > MAX_KERNEL_BYTES {
-                    return Err(LinuxError::TooLarge {
-                        what,
-                        path: p.clone(),
-                        len: meta.len(),
-                    });
+                };
+                let file = std::fs::File::open(p).map_err(read_error)?;
+                let len = file.metadata().map_err(read_error)?.len();
+                let too_large = |len| LinuxError::TooLarge {
+                    what,
+                    path: p.clone(),
+                    len,
+                };
+                if len > MAX_KERNEL_BYTES {
+                    return Err(too_large(len));
                 }
-                let bytes = std::fs::read(p).map_err(|source| LinuxError::Read {
-                    what,
-                    path: p.clone(),
-                    source,
-                })?;
-                Ok(bytes.into())
+                // Outside the heap: the image is garbage once copied into the guest.
+                match Scratch::read_file(&file, MAX_KERNEL_BYTES as usize).map_err(read_error)? {
+                    Some(bytes) => Ok(Blob::Scratch(bytes)),
+                    None => Err(too_large(MAX_KERNEL_BYTES + 1)),
+                }
             }
         }
     }
@@ -466,7 +470,7 @@ impl LinuxBoot {
         &self,
         device_modules: &[String],
         rootfs: Option<&rootfs::Prepared>,
-    ) -> Result<(Arc<[u8]>, bool), LinuxError> {
+    ) -> Result<(Blob, bool), LinuxError> {
         if let Some(image) = &self.initrd {
             if rootfs.is_some() {
                 return Err(LinuxError::RootfsWithInitrd);
@@ -500,10 +504,7 @@ impl LinuxBoot {
                 contents: FileContents::Bytes(r.agent_config().into_bytes().into()),
             });
         }
-        Ok((
-            initramfs::build(agent::AGENT, &modules, &files)?.into(),
-            true,
-        ))
+        Ok((initramfs::build(agent::AGENT, &modules, &files)?, true))
     }
 }
 
@@ -534,7 +535,8 @@ pub(crate) fn build(
         ) {
             Ok(vmlinux) => {
                 phases.done("kernel decompressed (host)");
-                vmlinux.into()
+                drop(kernel_image); // the compressed image is not needed any more
+                vmlinux
             }
             Err(kept) => {
                 tracing::debug!(target: "zones::build", zone = %s.zone, reason = ?kept, "kernel left compressed");
@@ -578,6 +580,8 @@ pub(crate) fn build(
     let mem = s.memory(&vm, &layout::ram_regions(s.mem_size))?;
     phases.done("VM and memory");
     let kernel = load(&mem, &kernel_image, &initramfs, &cmdline, s.mem_size).map_err(err)?;
+    // Copied into the guest: the build's large buffers are garbage now.
+    drop((kernel_image, initramfs));
     phases.done("kernel and boot data loaded");
 
     let shared = s.shared(&mem);

@@ -12,6 +12,7 @@
 //! Without `xz`, or for another format (lz4, lzo, bzip2), the bzImage boots as it is: the guest
 //! decompresses it, as it always did. Nothing about the zone's isolation changes either way.
 
+use super::blob::{Blob, Scratch};
 use super::decompress::{Compression, decompress};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -104,17 +105,17 @@ pub(crate) fn vmlinux(
     path: Option<&Path>,
     image: &[u8],
     cache: Option<&Path>,
-) -> Result<Vec<u8>, Kept> {
+) -> Result<Blob, Kept> {
     let Some((format, data)) = payload(image) else {
         return Err(Kept::NotBzImage);
     };
     let cached = cache.map(|dir| dir.join(cache_name(path, image)));
     if let Some(file) = &cached
-        && let Ok(bytes) = std::fs::read(file)
-        && bytes.starts_with(b"\x7fELF")
-        && bytes.len() <= MAX_VMLINUX
+        && let Ok(file) = std::fs::File::open(file)
+        && let Ok(Some(bytes)) = Scratch::read_file(&file, MAX_VMLINUX)
+        && bytes.as_slice().starts_with(b"\x7fELF")
     {
-        return Ok(bytes);
+        return Ok(Blob::Scratch(bytes));
     }
     let vmlinux = decompress_payload(format, data)?;
     if !vmlinux.starts_with(b"\x7fELF") {
@@ -123,7 +124,7 @@ pub(crate) fn vmlinux(
     if let Some(file) = &cached {
         store(file, &vmlinux);
     }
-    Ok(vmlinux)
+    Ok(Blob::Owned(vmlinux))
 }
 
 /// Writes `bytes` to `file` atomically (a temporary file renamed), best effort: a cache that
@@ -241,19 +242,19 @@ mod tests {
         let (format, _) = payload(&image).unwrap();
         assert_eq!(format, Format::Gzip);
         let dir = scratch("cache");
-        assert_eq!(vmlinux(None, &image, Some(&dir)).unwrap(), elf);
+        assert_eq!(*vmlinux(None, &image, Some(&dir)).unwrap(), elf[..]);
         let file = dir.join(cache_name(None, &image));
         assert_eq!(std::fs::read(&file).unwrap(), elf, "cached");
         // The next zone reads the cache: a marked cache file proves it was used.
         let mut marked = elf.clone();
         marked[4] = 42;
         std::fs::write(&file, &marked).unwrap();
-        assert_eq!(vmlinux(None, &image, Some(&dir)).unwrap(), marked);
+        assert_eq!(*vmlinux(None, &image, Some(&dir)).unwrap(), marked[..]);
         // A cache file that is not an ELF image is not trusted: decompressed again.
         std::fs::write(&file, b"junk").unwrap();
-        assert_eq!(vmlinux(None, &image, Some(&dir)).unwrap(), elf);
+        assert_eq!(*vmlinux(None, &image, Some(&dir)).unwrap(), elf[..]);
         // No cache directory: decompressed every time.
-        assert_eq!(vmlinux(None, &image, None).unwrap(), elf);
+        assert_eq!(*vmlinux(None, &image, None).unwrap(), elf[..]);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
