@@ -12,7 +12,8 @@
 //! - memory overhead: growth of this process's anonymous RSS once zones have booted and run a
 //!   command, minus the guest memory they touched, per zone, for 1, 8 and 32 zones.
 //!
-//! `ZONES_BENCH_MEMORY_ONLY=1` stops after the memory overhead.
+//! `ZONES_BENCH_MEMORY_ONLY=1` stops after the memory overhead. Run it with `LAB_MEM=8G`: the 32 zones
+//! touch about 3 GiB.
 //!
 //! Criterion writes its reports under `$CRITERION_HOME` (lab/test sets it to /tmp in the lab,
 //! whose root file system is read-only).
@@ -172,12 +173,12 @@ fn zones_kernel_path() -> String {
     common::host_kernel_path().expect("a kernel in /boot")
 }
 
-/// `n` booted 64-MiB zones that have each run `true`, and the guest memory they touched (KiB).
+/// `n` booted 128-MiB zones that have each run `true`, and the guest memory they touched (KiB).
 fn booted_zones(n: usize) -> (Vec<Zone>, u64) {
     let zones: Vec<Zone> = (0..n)
         .map(|_| {
             let zone = Zone::builder()
-                .memory_mib(64)
+                .memory_mib(128)
                 .linux(boot())
                 .build()
                 .expect("Linux zone");
@@ -197,14 +198,15 @@ fn booted_zones(n: usize) -> (Vec<Zone>, u64) {
 
 /// VMM memory overhead: this process's anonymous RSS beyond the guest memory its zones touched,
 /// per zone, for 1 zone (the first of the process: one-time costs included), then 8 and 32
-/// zones alive at once. Runs first, before anything else in the process.
+/// zones alive at once (32 zones touch about 3 GiB: `LAB_MEM=8G`). Runs first, before anything
+/// else in the process.
 fn report_memory() {
     for n in [1, 8, 32] {
         let before = rss_anon_kib();
         let (zones, guest) = booted_zones(n);
         let grew = rss_anon_kib().saturating_sub(before);
         println!(
-            "memory overhead, {n} zone(s) of 64 MiB: {} KiB per zone (anonymous RSS grew {grew} KiB, guest memory touched {guest} KiB)",
+            "memory overhead, {n} zone(s) of 128 MiB: {} KiB per zone (anonymous RSS grew {grew} KiB, guest memory touched {guest} KiB)",
             (grew as i64 - guest as i64) / n as i64
         );
         drop(zones);

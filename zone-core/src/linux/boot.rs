@@ -5,7 +5,7 @@ use super::layout;
 use linux_loader::bootparam::{boot_e820_entry, boot_params, setup_header};
 use linux_loader::loader::{KernelLoader, bzimage::BzImage, elf::Elf};
 use std::io::Cursor;
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 
 const KERNEL_BOOT_FLAG_MAGIC: u16 = 0xaa55;
 const KERNEL_HDR_MAGIC: u32 = 0x5372_6448; // "HdrS"
@@ -72,6 +72,17 @@ pub(crate) struct LoadedKernel {
 pub(crate) fn load_kernel(mem: &GuestMemoryMmap, image: &[u8]) -> Result<LoadedKernel, BootError> {
     let start = Some(GuestAddress(layout::KERNEL_START));
     if image.starts_with(b"\x7fELF") {
+        let ram_end = mem.last_addr().raw_value().saturating_add(1);
+        if let Some((at, end)) = elf_extent(image)
+            && end > ram_end
+        {
+            return Err(BootError::NoRoom {
+                what: "the kernel (decompressed)",
+                at,
+                needed: end - at,
+                end: ram_end,
+            });
+        }
         let r = Elf::load(mem, None, &mut Cursor::new(image), start)
             .map_err(|e| BootError::Load(e.to_string()))?;
         let header = setup_header {
@@ -106,6 +117,30 @@ pub(crate) fn load_kernel(mem: &GuestMemoryMmap, image: &[u8]) -> Result<LoadedK
         end: (r.kernel_load.0 + init_size.max(image.len() as u64)).max(r.kernel_end),
         header,
     })
+}
+
+/// The guest-physical range an ELF64 kernel's loadable segments cover, if its headers can be
+/// read (linux-loader checks them again as it loads).
+fn elf_extent(image: &[u8]) -> Option<(u64, u64)> {
+    let bytes = |at: usize, n: usize| image.get(at..at.checked_add(n)?);
+    let u16_at = |at: usize| Some(u16::from_le_bytes(bytes(at, 2)?.try_into().ok()?));
+    let u32_at = |at: usize| Some(u32::from_le_bytes(bytes(at, 4)?.try_into().ok()?));
+    let u64_at = |at: usize| Some(u64::from_le_bytes(bytes(at, 8)?.try_into().ok()?));
+    const PT_LOAD: u32 = 1;
+    let phoff = usize::try_from(u64_at(0x20)?).ok()?;
+    let entry_size = usize::from(u16_at(0x36)?);
+    let count = usize::from(u16_at(0x38)?);
+    let mut extent: Option<(u64, u64)> = None;
+    for i in 0..count {
+        let at = phoff.checked_add(i.checked_mul(entry_size)?)?;
+        if u32_at(at)? != PT_LOAD {
+            continue;
+        }
+        let start = u64_at(at.checked_add(0x18)?)?;
+        let end = start.checked_add(u64_at(at.checked_add(0x28)?)?)?;
+        extent = Some(extent.map_or((start, end), |(s, e)| (s.min(start), e.max(end))));
+    }
+    extent
 }
 
 /// Places `initramfs` page-aligned at the top of low RAM (below the kernel's initrd limit),
@@ -217,6 +252,35 @@ mod tests {
                 ..Default::default()
             },
         }
+    }
+
+    #[test]
+    fn an_elf_kernel_larger_than_memory_is_refused_with_the_fix() {
+        // An ELF64 header with one PT_LOAD segment of 48 MiB at 16 MiB.
+        let mut elf = vec![0u8; 0x40 + 0x38];
+        elf[..4].copy_from_slice(b"\x7fELF");
+        elf[0x20..0x28].copy_from_slice(&0x40u64.to_le_bytes());
+        elf[0x36..0x38].copy_from_slice(&0x38u16.to_le_bytes());
+        elf[0x38..0x3a].copy_from_slice(&1u16.to_le_bytes());
+        elf[0x40..0x44].copy_from_slice(&1u32.to_le_bytes());
+        elf[0x40 + 0x18..0x40 + 0x20].copy_from_slice(&(16u64 << 20).to_le_bytes());
+        elf[0x40 + 0x28..0x40 + 0x30].copy_from_slice(&(48u64 << 20).to_le_bytes());
+        assert_eq!(elf_extent(&elf), Some((16 << 20, 64 << 20)));
+        let err = load_kernel(&mem(32 << 20), &elf).unwrap_err();
+        assert!(
+            matches!(err, BootError::NoRoom { needed, end, .. } if needed == 48 << 20 && end == 32 << 20),
+            "{err}"
+        );
+        assert!(
+            err.to_string().contains("give the zone more memory"),
+            "{err}"
+        );
+        // Headers that lie (a table past the end, a segment that overflows) give no extent.
+        elf[0x20..0x28].copy_from_slice(&u64::MAX.to_le_bytes());
+        assert_eq!(elf_extent(&elf), None);
+        elf[0x20..0x28].copy_from_slice(&0x40u64.to_le_bytes());
+        elf[0x40 + 0x28..0x40 + 0x30].copy_from_slice(&u64::MAX.to_le_bytes());
+        assert_eq!(elf_extent(&elf), None);
     }
 
     #[test]
