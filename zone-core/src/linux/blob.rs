@@ -42,6 +42,40 @@ impl std::fmt::Debug for Blob {
     }
 }
 
+/// A kernel image to load: bytes, or an open file that the loader reads straight into guest
+/// memory (the host-decompressed vmlinux from the cache: 20-70 MB never copied through the VMM).
+pub(crate) enum KernelImage {
+    /// The image's bytes.
+    Bytes(Blob),
+    /// An ELF vmlinux file, positioned anywhere (the loader seeks).
+    File(std::fs::File),
+}
+
+impl KernelImage {
+    /// The image's first `n` bytes (fewer if it is shorter): enough to tell its format and read
+    /// its headers.
+    pub(crate) fn head(&self, n: usize) -> std::io::Result<std::borrow::Cow<'_, [u8]>> {
+        use std::os::unix::fs::FileExt;
+        match self {
+            Self::Bytes(b) => Ok(std::borrow::Cow::Borrowed(&b[..n.min(b.len())])),
+            Self::File(f) => {
+                let mut head = vec![0u8; n];
+                let mut got = 0;
+                while got < n {
+                    match f.read_at(&mut head[got..], got as u64) {
+                        Ok(0) => break,
+                        Ok(k) => got += k,
+                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                        Err(e) => return Err(e),
+                    }
+                }
+                head.truncate(got);
+                Ok(std::borrow::Cow::Owned(head))
+            }
+        }
+    }
+}
+
 /// A growable byte buffer in an anonymous mapping of its own, unmapped when dropped. Its
 /// address space is reserved without backing (`MAP_NORESERVE`): only the pages written become
 /// resident.

@@ -1,6 +1,7 @@
 //! Loading a Linux kernel and writing what the 64-bit boot protocol needs: the kernel (bzImage or
 //! ELF vmlinux), the initramfs at the top of low RAM, the command line and `boot_params`.
 
+use super::blob::KernelImage;
 use super::layout;
 use linux_loader::bootparam::{boot_e820_entry, boot_params, setup_header};
 use linux_loader::loader::{KernelLoader, bzimage::BzImage, elf::Elf};
@@ -68,12 +69,22 @@ pub(crate) struct LoadedKernel {
     pub(crate) header: setup_header,
 }
 
-/// Loads `image` (ELF vmlinux with a 64-bit entry, or bzImage) at 1 MiB.
-pub(crate) fn load_kernel(mem: &GuestMemoryMmap, image: &[u8]) -> Result<LoadedKernel, BootError> {
-    let start = Some(GuestAddress(layout::KERNEL_START));
-    if image.starts_with(b"\x7fELF") {
+/// Bytes of an ELF image read for its program headers (a vmlinux has a handful, right after the
+/// ELF header).
+const ELF_HEAD: usize = 64 << 10;
+
+/// Loads `image` (ELF vmlinux with a 64-bit entry, or bzImage) at 1 MiB. A file is read
+/// straight into guest memory.
+pub(crate) fn load_kernel(
+    mem: &GuestMemoryMmap,
+    image: &mut KernelImage,
+) -> Result<LoadedKernel, BootError> {
+    let head = image
+        .head(ELF_HEAD)
+        .map_err(|e| BootError::Load(format!("reading the kernel image: {e}")))?;
+    if head.starts_with(b"\x7fELF") {
         let ram_end = mem.last_addr().raw_value().saturating_add(1);
-        if let Some((at, end)) = elf_extent(image)
+        if let Some((at, end)) = elf_extent(&head)
             && end > ram_end
         {
             return Err(BootError::NoRoom {
@@ -83,8 +94,13 @@ pub(crate) fn load_kernel(mem: &GuestMemoryMmap, image: &[u8]) -> Result<LoadedK
                 end: ram_end,
             });
         }
-        let r = Elf::load(mem, None, &mut Cursor::new(image), start)
-            .map_err(|e| BootError::Load(e.to_string()))?;
+        drop(head);
+        let start = Some(GuestAddress(layout::KERNEL_START));
+        let r = match image {
+            KernelImage::Bytes(b) => Elf::load(mem, None, &mut Cursor::new(&b[..]), start),
+            KernelImage::File(f) => Elf::load(mem, None, f, start),
+        }
+        .map_err(|e| BootError::Load(e.to_string()))?;
         let header = setup_header {
             boot_flag: KERNEL_BOOT_FLAG_MAGIC,
             header: KERNEL_HDR_MAGIC,
@@ -97,12 +113,22 @@ pub(crate) fn load_kernel(mem: &GuestMemoryMmap, image: &[u8]) -> Result<LoadedK
             header,
         });
     }
+    drop(head);
+    let image = match image {
+        KernelImage::Bytes(b) => &b[..],
+        KernelImage::File(_) => {
+            return Err(BootError::UnknownFormat(
+                "a kernel file that is not an ELF vmlinux".into(),
+            ));
+        }
+    };
     if image.len() < 0x250 || image[0x202..0x206] != KERNEL_HDR_MAGIC.to_le_bytes() {
         return Err(BootError::UnknownFormat(format!(
             "{} bytes, no ELF magic and no HdrS header",
             image.len()
         )));
     }
+    let start = Some(GuestAddress(layout::KERNEL_START));
     let r = BzImage::load(mem, start, &mut Cursor::new(image), start)
         .map_err(|e| BootError::Load(e.to_string()))?;
     let header = r
@@ -239,6 +265,10 @@ fn zero_page_bytes(params: &boot_params) -> Vec<u8> {
 mod tests {
     use super::*;
 
+    fn bytes(b: &[u8]) -> KernelImage {
+        KernelImage::Bytes(super::super::blob::Blob::Owned(b.to_vec()))
+    }
+
     fn mem(size: u64) -> GuestMemoryMmap {
         GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), size as usize)]).unwrap()
     }
@@ -266,7 +296,7 @@ mod tests {
         elf[0x40 + 0x18..0x40 + 0x20].copy_from_slice(&(16u64 << 20).to_le_bytes());
         elf[0x40 + 0x28..0x40 + 0x30].copy_from_slice(&(48u64 << 20).to_le_bytes());
         assert_eq!(elf_extent(&elf), Some((16 << 20, 64 << 20)));
-        let err = load_kernel(&mem(32 << 20), &elf).unwrap_err();
+        let err = load_kernel(&mem(32 << 20), &mut bytes(&elf)).unwrap_err();
         assert!(
             matches!(err, BootError::NoRoom { needed, end, .. } if needed == 48 << 20 && end == 32 << 20),
             "{err}"
@@ -339,11 +369,14 @@ mod tests {
     fn garbage_is_not_a_kernel() {
         let m = mem(16 << 20);
         assert!(matches!(
-            load_kernel(&m, b"definitely not a kernel"),
+            load_kernel(&m, &mut bytes(b"definitely not a kernel")),
             Err(BootError::UnknownFormat(_))
         ));
         let mut fake = vec![0u8; 0x400];
         fake[0x202..0x206].copy_from_slice(&KERNEL_HDR_MAGIC.to_le_bytes());
-        assert!(load_kernel(&m, &fake).is_err(), "HdrS but no valid bzImage");
+        assert!(
+            load_kernel(&m, &mut bytes(&fake)).is_err(),
+            "HdrS but no valid bzImage"
+        );
     }
 }

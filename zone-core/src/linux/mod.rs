@@ -4,7 +4,7 @@
 mod acpi;
 mod agent;
 mod blob;
-use blob::{Blob, Scratch};
+use blob::{Blob, KernelImage, Scratch};
 mod boot;
 mod cpio;
 mod cpu;
@@ -525,25 +525,36 @@ pub(crate) fn build(
     let mut phases = crate::trace::Phases::new(&s.zone);
     let mut attachments = devices::Attachments::name(attachments);
     let guest = attachments.prepare(&s.zone)?;
-    let kernel_image = boot.kernel.read("kernel").map_err(err)?;
-    phases.done("kernel read");
-    let kernel_image = match boot.host_decompress {
-        true => match payload::vmlinux(
-            boot.kernel.path(),
-            &kernel_image,
-            Some(&payload::cache_dir()),
-        ) {
-            Ok(vmlinux) => {
-                phases.done("kernel decompressed (host)");
-                drop(kernel_image); // the compressed image is not needed any more
-                vmlinux
+    let cached = match (boot.host_decompress, boot.kernel.path()) {
+        (true, Some(path)) => payload::cached_vmlinux(path, &payload::cache_dir()),
+        _ => None,
+    };
+    let mut kernel_image = match cached {
+        // The vmlinux decompressed for an earlier zone: the bzImage is not even read.
+        Some(vmlinux) => {
+            phases.done("kernel read");
+            vmlinux
+        }
+        None => {
+            let image = boot.kernel.read("kernel").map_err(err)?;
+            phases.done("kernel read");
+            match boot.host_decompress {
+                true => {
+                    match payload::vmlinux(boot.kernel.path(), &image, Some(&payload::cache_dir()))
+                    {
+                        Ok(vmlinux) => {
+                            phases.done("kernel decompressed (host)");
+                            vmlinux
+                        }
+                        Err(kept) => {
+                            tracing::debug!(target: "zones::build", zone = %s.zone, reason = ?kept, "kernel left compressed");
+                            KernelImage::Bytes(image)
+                        }
+                    }
+                }
+                false => KernelImage::Bytes(image),
             }
-            Err(kept) => {
-                tracing::debug!(target: "zones::build", zone = %s.zone, reason = ?kept, "kernel left compressed");
-                kernel_image
-            }
-        },
-        false => kernel_image,
+        }
     };
     let rootfs = match &boot.rootfs {
         Some(r) => Some(
@@ -579,7 +590,7 @@ pub(crate) fn build(
         .map_err(s.vm_err("KVM_CREATE_IRQCHIP"))?;
     let mem = s.memory(&vm, &layout::ram_regions(s.mem_size))?;
     phases.done("VM and memory");
-    let kernel = load(&mem, &kernel_image, &initramfs, &cmdline, s.mem_size).map_err(err)?;
+    let kernel = load(&mem, &mut kernel_image, &initramfs, &cmdline, s.mem_size).map_err(err)?;
     // Copied into the guest: the build's large buffers are garbage now.
     drop((kernel_image, initramfs));
     phases.done("kernel and boot data loaded");
@@ -657,7 +668,7 @@ pub(crate) fn build(
 /// Writes boot tables, kernel, initramfs, command line and boot parameters into guest memory.
 fn load(
     mem: &vm_memory::GuestMemoryMmap,
-    kernel_image: &[u8],
+    kernel_image: &mut KernelImage,
     initramfs: &[u8],
     cmdline: &str,
     mem_size: u64,

@@ -12,7 +12,7 @@
 //! Without `xz`, or for another format (lz4, lzo, bzip2), the bzImage boots as it is: the guest
 //! decompresses it, as it always did. Nothing about the zone's isolation changes either way.
 
-use super::blob::{Blob, Scratch};
+use super::blob::{Blob, KernelImage};
 use super::decompress::{Compression, decompress};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -99,23 +99,40 @@ fn cache_name(path: Option<&Path>, image: &[u8]) -> String {
     format!("{hex}.vmlinux")
 }
 
+/// The cached vmlinux of the bzImage at `path` in `cache`, if an earlier zone made it (found by
+/// the file's path, size and modification time: the bzImage itself is not read).
+pub(crate) fn cached_vmlinux(path: &Path, cache: &Path) -> Option<KernelImage> {
+    std::fs::metadata(path).ok()?;
+    open_cached(&cache.join(cache_name(Some(path), &[])))
+}
+
+/// The vmlinux in cache file `file`, open, if it is one.
+fn open_cached(file: &Path) -> Option<KernelImage> {
+    let file = std::fs::File::open(file).ok()?;
+    if file.metadata().ok()?.len() > MAX_VMLINUX as u64 {
+        return None;
+    }
+    let image = KernelImage::File(file);
+    image
+        .head(4)
+        .is_ok_and(|h| h.starts_with(b"\x7fELF"))
+        .then_some(image)
+}
+
 /// The vmlinux inside `image` (read from `path`, when it was), from the cache in `cache` or
 /// decompressed now (and then cached there); `Err` says why the image should boot as it is.
 pub(crate) fn vmlinux(
     path: Option<&Path>,
     image: &[u8],
     cache: Option<&Path>,
-) -> Result<Blob, Kept> {
+) -> Result<KernelImage, Kept> {
     let Some((format, data)) = payload(image) else {
         return Err(Kept::NotBzImage);
     };
     let cached = cache.map(|dir| dir.join(cache_name(path, image)));
-    if let Some(file) = &cached
-        && let Ok(file) = std::fs::File::open(file)
-        && let Ok(Some(bytes)) = Scratch::read_file(&file, MAX_VMLINUX)
-        && bytes.as_slice().starts_with(b"\x7fELF")
-    {
-        return Ok(Blob::Scratch(bytes));
+    // The cached file is handed to the loader open: it reads it straight into guest memory.
+    if let Some(image) = cached.as_deref().and_then(open_cached) {
+        return Ok(image);
     }
     let vmlinux = decompress_payload(format, data)?;
     if !vmlinux.starts_with(b"\x7fELF") {
@@ -124,7 +141,7 @@ pub(crate) fn vmlinux(
     if let Some(file) = &cached {
         store(file, &vmlinux);
     }
-    Ok(Blob::Owned(vmlinux))
+    Ok(KernelImage::Bytes(Blob::Owned(vmlinux)))
 }
 
 /// Writes `bytes` to `file` atomically (a temporary file renamed), best effort: a cache that
@@ -209,6 +226,18 @@ fn unlinked_file(data: &[u8]) -> std::io::Result<std::fs::File> {
 mod tests {
     use super::*;
 
+    /// All the bytes of a kernel image.
+    fn contents(image: KernelImage) -> Vec<u8> {
+        match image {
+            KernelImage::Bytes(b) => b.to_vec(),
+            KernelImage::File(mut f) => {
+                let mut all = Vec::new();
+                f.read_to_end(&mut all).unwrap();
+                all
+            }
+        }
+    }
+
     /// A bzImage-shaped header with `payload` at the place the header says.
     fn bzimage(payload: &[u8]) -> Vec<u8> {
         let mut image = vec![0u8; 0x1000];
@@ -242,19 +271,45 @@ mod tests {
         let (format, _) = payload(&image).unwrap();
         assert_eq!(format, Format::Gzip);
         let dir = scratch("cache");
-        assert_eq!(*vmlinux(None, &image, Some(&dir)).unwrap(), elf[..]);
+        assert_eq!(contents(vmlinux(None, &image, Some(&dir)).unwrap()), elf);
         let file = dir.join(cache_name(None, &image));
         assert_eq!(std::fs::read(&file).unwrap(), elf, "cached");
         // The next zone reads the cache: a marked cache file proves it was used.
         let mut marked = elf.clone();
         marked[4] = 42;
         std::fs::write(&file, &marked).unwrap();
-        assert_eq!(*vmlinux(None, &image, Some(&dir)).unwrap(), marked[..]);
+        assert_eq!(contents(vmlinux(None, &image, Some(&dir)).unwrap()), marked);
         // A cache file that is not an ELF image is not trusted: decompressed again.
         std::fs::write(&file, b"junk").unwrap();
-        assert_eq!(*vmlinux(None, &image, Some(&dir)).unwrap(), elf[..]);
+        assert_eq!(contents(vmlinux(None, &image, Some(&dir)).unwrap()), elf);
         // No cache directory: decompressed every time.
-        assert_eq!(*vmlinux(None, &image, None).unwrap(), elf[..]);
+        assert_eq!(contents(vmlinux(None, &image, None).unwrap()), elf);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_cached_vmlinux_is_found_by_the_bzimage_file_without_reading_it() {
+        let elf = [b"\x7fELF".as_slice(), &[9u8; 3000]].concat();
+        let image = bzimage(&gzip(&elf));
+        let dir = scratch("by-path");
+        std::fs::create_dir_all(&dir).unwrap();
+        let kernel = dir.join("vmlinuz");
+        std::fs::write(&kernel, &image).unwrap();
+        let cache = dir.join("cache");
+        assert!(
+            cached_vmlinux(&kernel, &cache).is_none(),
+            "nothing cached yet"
+        );
+        assert_eq!(
+            contents(vmlinux(Some(&kernel), &image, Some(&cache)).unwrap()),
+            elf
+        );
+        let hit = cached_vmlinux(&kernel, &cache).expect("cached by path");
+        assert!(matches!(hit, KernelImage::File(_)), "handed over open");
+        assert_eq!(contents(hit), elf);
+        // A bzImage that changed (its size here) is another kernel: no stale vmlinux.
+        std::fs::write(&kernel, [image.as_slice(), &[0]].concat()).unwrap();
+        assert!(cached_vmlinux(&kernel, &cache).is_none());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
@@ -300,7 +355,10 @@ mod tests {
             return;
         };
         match vmlinux(Some(&path), &image, None) {
-            Ok(elf) => assert!(elf.len() > image.len(), "{} bytes", elf.len()),
+            Ok(elf) => {
+                let elf = contents(elf);
+                assert!(elf.len() > image.len(), "{} bytes", elf.len())
+            }
             Err(Kept::Xz(why)) => {
                 eprintln!("SKIPPED the_hosts_kernel_decompresses_to_its_elf: {why}")
             }
