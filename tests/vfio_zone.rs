@@ -155,6 +155,27 @@ fn nvme_passes_through_its_driver_binds_with_msix_and_writes_reach_the_disk() {
         gpu.bus_master(),
         "the guest's driver turned bus mastering on"
     );
+    // The host counted the interrupts of the vectors the guest's driver enabled.
+    let per_vector = gpu.interrupts().expect("/proc/interrupts");
+    eprintln!("host: the nvme's interrupts per vector: {per_vector:?}");
+    assert!(
+        per_vector.iter().any(|&(_, n)| n > 0),
+        "host counts of the nvme's vectors: {per_vector:?}"
+    );
+    // The lab's IOMMU reports its usable I/O addresses: guest RAM (checked against them) is
+    // inside, the x86 MSI window is not.
+    let ranges = gpu
+        .iova_ranges()
+        .expect("IOVA ranges from VFIO_IOMMU_GET_INFO");
+    eprintln!("host: usable IOVA ranges: {ranges:x?}");
+    assert!(
+        ranges.iter().any(|&(s, e)| s == 0 && e >= (256 << 20) - 1),
+        "{ranges:x?}"
+    );
+    assert!(
+        !ranges.iter().any(|&(s, e)| (s..=e).contains(&0xfee0_0000)),
+        "{ranges:x?}"
+    );
     z.pause().unwrap();
     assert!(!gpu.bus_master(), "paused: no DMA");
     z.resume().unwrap();
@@ -217,6 +238,7 @@ fn edu_computes_its_dma_reaches_guest_memory_but_nothing_outside_it_and_its_msi_
         .deadline(common::scaled(Duration::from_secs(180)))
         .build()
         .expect("edu passed through");
+    let events = z.events();
     // The guest has no driver for edu: it drives it by hand through /dev/mem, with memory
     // decoding and bus mastering turned on in its command register. Each edu transfer waits for
     // a 100 ms timer; the script polls the command register until the transfer is done.
@@ -249,6 +271,8 @@ printf '\001' | dd of=$d/config bs=1 seek=$(( c + 2 )) conv=notrunc 2>/dev/null
 w 0x60 1
 for i in $(seq 50); do busybox dmesg | grep -q 'No irq handler for vector' && break; sleep 0.1; done
 busybox dmesg | grep 'No irq handler for vector' || echo 'no interrupt'
+printf '\000\000' | dd of=$d/config bs=2 seek=0 conv=notrunc 2>/dev/null
+printf '\000\000' | dd of=$d/config bs=2 seek=0 conv=notrunc 2>/dev/null
 "#
     );
     let out = sh(&z, &script);
@@ -294,4 +318,32 @@ busybox dmesg | grep 'No irq handler for vector' || echo 'no interrupt'
         "edu's BAR mapped whole"
     );
     eprintln!("edu counters: {:?}", gpu.counters);
+    // The guest's two writes to edu's vendor ID were refused and reported once.
+    let refused: Vec<String> = events
+        .drain()
+        .into_iter()
+        .filter_map(|e| match e {
+            ZoneEvent::Violation(v) if v.control == "pci-config" => Some(v.detail),
+            _ => None,
+        })
+        .collect();
+    eprintln!("pci-config violations: {refused:#?}");
+    assert_eq!(
+        refused
+            .iter()
+            .filter(|d| d.contains("configuration offset 0x0,"))
+            .count(),
+        1,
+        "{refused:#?}"
+    );
+    // The guest kernel's sizing of the BARs edu does not have is counted, not reported.
+    assert!(
+        !refused.iter().any(|d| d.contains("offset 0x14,")),
+        "{refused:#?}"
+    );
+    assert!(
+        gpu.get("config_writes_refused").unwrap_or(0) >= 2,
+        "{:?}",
+        gpu.counters
+    );
 }

@@ -62,6 +62,8 @@ pub(crate) struct Device {
     /// Serializes writes of the device's command register.
     command_lock: Mutex<()>,
     mapped: Mutex<Vec<(u64, u64)>>,
+    /// The IOMMU's usable I/O address ranges, where the kernel reports them.
+    pub(crate) iova: Option<crate::vfio::iova::Ranges>,
 }
 
 impl Device {
@@ -77,7 +79,13 @@ impl Device {
             stopped: AtomicBool::new(false),
             command_lock: Mutex::new(()),
             mapped: Mutex::new(Vec::new()),
+            iova: None,
         }
+    }
+
+    /// The device's PCI address.
+    pub(crate) fn address(&self) -> &str {
+        &self.checked.address
     }
 
     /// Resets the device, where it has a reset.
@@ -177,6 +185,31 @@ impl GpuControl {
     /// The PCI address of the device.
     pub fn address(&self) -> &str {
         &self.device.checked.address
+    }
+
+    /// The host IOMMU's usable I/O address ranges for this device (`[start, end]`, inclusive),
+    /// as VFIO reported them when the zone was built; guest RAM was checked to lie inside them.
+    /// `None` on a kernel that does not report them (before Linux 5.4): nothing was checked.
+    pub fn iova_ranges(&self) -> Option<&[(u64, u64)]> {
+        self.device.iova.as_deref()
+    }
+
+    /// Interrupts per vector, `(vector, count)`, as the host counted them on the IRQs VFIO
+    /// holds for the vectors the guest has enabled (from `/proc/interrupts`: the vectors go from
+    /// the device to KVM without zones on the way). Empty while the guest has none enabled; the
+    /// counts restart when it enables them again. Reads a file: call it from the embedder's
+    /// threads, not from a zones thread.
+    ///
+    /// ```no_run
+    /// # fn show(gpu: &zone_gpu::GpuControl) -> std::io::Result<()> {
+    /// for (vector, count) in gpu.interrupts()? {
+    ///     println!("vector {vector}: {count} interrupts");
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub fn interrupts(&self) -> std::io::Result<Vec<(u32, u64)>> {
+        let text = std::fs::read_to_string("/proc/interrupts")?;
+        Ok(crate::interrupts::per_vector(&text, self.address()))
     }
 
     /// Whether the device's bus mastering (its DMA) is on now, read back from the device.

@@ -44,6 +44,7 @@
 //! configuration writes.
 
 mod control;
+mod interrupts;
 mod policy;
 mod vfio;
 

@@ -98,6 +98,22 @@ pub enum GpuError {
         /// The limit.
         limit: u64,
     },
+    /// Guest RAM covers I/O addresses the host's IOMMU reserves: the device could not DMA there.
+    #[error(
+        "the host's IOMMU reserves I/O address {at:#x} for {address}, inside the zone's guest RAM at {region_start:#x} (+{region_len:#x} bytes), which the device reaches at its guest-physical addresses; the usable ranges are {usable}: give the zone less memory so that its RAM stays inside them"
+    )]
+    IovaReserved {
+        /// The address.
+        address: String,
+        /// The first reserved I/O address inside guest RAM.
+        at: u64,
+        /// The guest RAM region.
+        region_start: u64,
+        /// Its length.
+        region_len: u64,
+        /// The usable ranges, as VFIO reports them.
+        usable: String,
+    },
     /// VFIO refused the IOMMU (interrupt remapping off).
     #[error(
         "VFIO refused the IOMMU for {address}: the host's IOMMU has no interrupt remapping, so the device could forge interrupts; turn it on (intremap, x2APIC in the firmware). zones never sets vfio_iommu_type1's allow_unsafe_interrupts"

@@ -4,18 +4,20 @@
 //! MSI) emulated and its vectors handed to VFIO as the eventfds of KVM-routed vectors.
 
 mod config;
+pub(crate) mod iova;
 mod mmap;
 
 use crate::control::{Device, GpuControl};
 use crate::policy::{Checked, GpuError, check_memlock};
+use std::collections::HashSet;
 use std::sync::Arc;
 use vfio_ioctls::{VfioContainer, VfioDevice, VfioError};
 use vm_memory::{GuestMemoryBackend, GuestMemoryRegion, MemoryRegionAddress};
-use zone_core::device::AttachContext;
 use zone_core::device::pci::{
     BarMapping, ConfigChange, ConfigSpace, MSI_CAPABILITY_ID, MSIX_CAPABILITY_ID, PciFunction,
     RoutedMsi, RoutedMsix,
 };
+use zone_core::device::{AttachContext, DeviceHost};
 
 /// VFIO's region index of the configuration space (`VFIO_PCI_CONFIG_REGION_INDEX`).
 pub(crate) const CONFIG_REGION: u32 = 7;
@@ -33,6 +35,11 @@ pub(crate) struct Passthrough {
     device_msi: bool,
     /// The BARs' mmap-able parts, which the guest reaches without a trap.
     mmaps: mmap::Mmaps,
+    /// The zone's event stream, for refused guest writes.
+    host: DeviceHost,
+    /// Configuration offsets (and, as `0x1000 + offset`, PBA offsets) whose refused write was
+    /// reported: one event per register, however often a driver retries (at most 8 Ki).
+    reported: HashSet<u16>,
 }
 
 fn vfio_err(address: &str, e: VfioError) -> GpuError {
@@ -68,7 +75,16 @@ pub(crate) fn open(
     let container = Arc::new(VfioContainer::new(None).map_err(|e| vfio_err(&address, e))?);
     let vfio = VfioDevice::new(&checked.path, container.clone(), false)
         .map_err(|e| vfio_err(&address, e))?;
-    let device = Arc::new(Device::new(vfio, container, checked));
+    let iova = iova::usable(&*container).map_err(|e| GpuError::Vfio {
+        address: address.clone(),
+        detail: format!("VFIO_IOMMU_GET_INFO: {e}"),
+    })?;
+    if let Some(ranges) = &iova {
+        check_iova(&address, ranges, memory)?;
+    }
+    let mut device = Device::new(vfio, container, checked);
+    device.iova = iova;
+    let device = Arc::new(device);
     // A known state before the guest sees it (a device without a reset keeps what it had).
     device.reset();
     let mapping = std::time::Instant::now();
@@ -116,12 +132,57 @@ pub(crate) fn open(
             msi,
             device_msi: false,
             mmaps,
+            host: cx.host(),
+            reported: HashSet::new(),
         },
         control,
     ))
 }
 
+/// Refuses guest RAM that covers reserved I/O addresses (see [`iova`]).
+fn check_iova(
+    address: &str,
+    ranges: &iova::Ranges,
+    memory: &vm_memory::GuestMemoryMmap,
+) -> Result<(), GpuError> {
+    for region in memory.iter() {
+        let (start, len) = (region.start_addr().0, region.len());
+        if let Some(at) = iova::outside(ranges, start, len) {
+            let usable: Vec<String> = ranges
+                .iter()
+                .map(|(s, e)| format!("{s:#x}-{e:#x}"))
+                .collect();
+            return Err(GpuError::IovaReserved {
+                address: address.to_string(),
+                at,
+                region_start: start,
+                region_len: len,
+                usable: usable.join(", "),
+            });
+        }
+    }
+    Ok(())
+}
+
 impl Passthrough {
+    /// Counts a guest write that zones does not pass to the device, and reports the first one
+    /// at each register as a violation event. Writes to the BAR registers the function does not
+    /// have (and to the expansion ROM's) are how every PCI driver sizes BARs: counted only.
+    fn refused(&mut self, what: &str, key: u16, len: usize) {
+        self.device.stats.config_refused();
+        let sizing = (0x10..0x28).contains(&key) || (0x30..0x34).contains(&key);
+        if !sizing && self.reported.insert(key) {
+            let offset = key & 0xfff;
+            self.host.violation(
+                "pci-config",
+                format!(
+                    "PCI device {}: the guest wrote {len} byte(s) at {what} offset {offset:#x}, which zones emulates read-only or does not pass through; refused (counted in config_writes_refused, reported once per register)",
+                    self.device.address()
+                ),
+            );
+        }
+    }
+
     /// The MSI-X table or PBA access at `offset` of BAR `bar`, if it is one.
     fn msix_access(&self, bar: usize, offset: u64, len: usize) -> Option<MsixAccess> {
         let (_, _, place) = self.msix.as_ref()?;
@@ -205,7 +266,7 @@ impl PciFunction for Passthrough {
     fn config_write(&mut self, offset: u16, data: &[u8]) -> Option<ConfigChange> {
         let change = self.config.write_bytes(offset, data);
         match change {
-            None => self.device.stats.config_refused(),
+            None => self.refused("configuration", offset, data.len()),
             Some(ConfigChange::Command { to, .. }) => self.device.set_guest_command(to),
             Some(ConfigChange::Capability { capability, id }) if id == MSIX_CAPABILITY_ID => {
                 if let Some((routed, at, _)) = self.msix.as_mut()
@@ -262,7 +323,9 @@ impl PciFunction for Passthrough {
                     tracing::warn!(target: "zones::device", error = %e, "MSI-X routing");
                 }
             }
-            Some(MsixAccess::Pba(_)) => self.device.stats.config_refused(),
+            Some(MsixAccess::Pba(at)) => {
+                self.refused("MSI-X pending-bit array", 0x1000 + at as u16, data.len())
+            }
             None => self.device.vfio.region_write(bar as u32, data, offset),
         }
     }
