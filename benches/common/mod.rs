@@ -9,23 +9,24 @@ pub fn median(mut v: Vec<Duration>) -> Duration {
     v[v.len() / 2]
 }
 
-/// This process's resident set in KiB (0 when /proc cannot be read).
-/// This process's anonymous resident memory (RssAnon), in KiB: heap, stacks and guest memory,
-/// without the binary's code pages.
-pub fn rss_anon_kib() -> u64 {
+/// A KiB field of /proc/self/status (0 when it cannot be read).
+fn status_kib(field: &str) -> u64 {
     let s = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     s.lines()
-        .find_map(|l| l.strip_prefix("RssAnon:"))
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
         .unwrap_or(0)
 }
 
+/// This process's anonymous resident memory (RssAnon), in KiB: heap, stacks and guest memory,
+/// without the binary's code pages.
+pub fn rss_anon_kib() -> u64 {
+    status_kib("RssAnon")
+}
+
+/// This process's resident set in KiB.
 pub fn rss_kib() -> u64 {
-    let s = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    s.lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
+    status_kib("VmRSS")
 }
 
 /// The newest `/boot/vmlinuz-*` (by name), the kernel `LinuxBoot::host_kernel()` boots.
