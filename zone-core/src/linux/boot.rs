@@ -148,22 +148,19 @@ pub(crate) fn load_kernel(
 /// The guest-physical range an ELF64 kernel's loadable segments cover, if its headers can be
 /// read (linux-loader checks them again as it loads).
 fn elf_extent(image: &[u8]) -> Option<(u64, u64)> {
-    let bytes = |at: usize, n: usize| image.get(at..at.checked_add(n)?);
-    let u16_at = |at: usize| Some(u16::from_le_bytes(bytes(at, 2)?.try_into().ok()?));
-    let u32_at = |at: usize| Some(u32::from_le_bytes(bytes(at, 4)?.try_into().ok()?));
-    let u64_at = |at: usize| Some(u64::from_le_bytes(bytes(at, 8)?.try_into().ok()?));
+    use crate::micro::elf::{u16_at, u32_at, u64_at};
     const PT_LOAD: u32 = 1;
-    let phoff = usize::try_from(u64_at(0x20)?).ok()?;
-    let entry_size = usize::from(u16_at(0x36)?);
-    let count = usize::from(u16_at(0x38)?);
+    let phoff = usize::try_from(u64_at(image, 0x20)?).ok()?;
+    let entry_size = usize::from(u16_at(image, 0x36)?);
+    let count = usize::from(u16_at(image, 0x38)?);
     let mut extent: Option<(u64, u64)> = None;
     for i in 0..count {
         let at = phoff.checked_add(i.checked_mul(entry_size)?)?;
-        if u32_at(at)? != PT_LOAD {
+        if u32_at(image, at)? != PT_LOAD {
             continue;
         }
-        let start = u64_at(at.checked_add(0x18)?)?;
-        let end = start.checked_add(u64_at(at.checked_add(0x28)?)?)?;
+        let start = u64_at(image, at.checked_add(0x18)?)?;
+        let end = start.checked_add(u64_at(image, at.checked_add(0x28)?)?)?;
         extent = Some(extent.map_or((start, end), |(s, e)| (s.min(start), e.max(end))));
     }
     extent

@@ -98,17 +98,21 @@ impl ElfImage {
     }
 }
 
-fn u16_at(b: &[u8], off: usize) -> Option<u16> {
+/// The little-endian `u16` at `off` of `b`, if `b` holds it (never overflows: `off` may be any
+/// value a lying header gives). Also read by the Linux loader's ELF size check.
+pub(crate) fn u16_at(b: &[u8], off: usize) -> Option<u16> {
     Some(u16::from_le_bytes(
         b.get(off..off.checked_add(2)?)?.try_into().ok()?,
     ))
 }
-fn u32_at(b: &[u8], off: usize) -> Option<u32> {
+/// The little-endian `u32` at `off` of `b` (see [`u16_at`]).
+pub(crate) fn u32_at(b: &[u8], off: usize) -> Option<u32> {
     Some(u32::from_le_bytes(
         b.get(off..off.checked_add(4)?)?.try_into().ok()?,
     ))
 }
-fn u64_at(b: &[u8], off: usize) -> Option<u64> {
+/// The little-endian `u64` at `off` of `b` (see [`u16_at`]).
+pub(crate) fn u64_at(b: &[u8], off: usize) -> Option<u64> {
     Some(u64::from_le_bytes(
         b.get(off..off.checked_add(8)?)?.try_into().ok()?,
     ))
