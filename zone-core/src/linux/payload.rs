@@ -81,20 +81,27 @@ pub(crate) enum Kept {
 /// The cache file name of a kernel read from `path` (by its path, size and modification time)
 /// or given as `image` (by its SHA-256).
 fn cache_name(path: Option<&Path>, image: &[u8]) -> String {
+    path.and_then(name_by_path)
+        .unwrap_or_else(|| hex_name(image))
+}
+
+/// The cache file name of the kernel at `path`, by its path, size and modification time
+/// (`None` when its metadata cannot be read).
+fn name_by_path(path: &Path) -> Option<String> {
+    let meta = std::fs::metadata(path).ok()?;
+    let modified = meta
+        .modified()
+        .ok()
+        .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_nanos());
+    let key = format!("file\0{}\0{}\0{modified}", path.display(), meta.len());
+    Some(hex_name(key.as_bytes()))
+}
+
+/// `<SHA-256 of bytes>.vmlinux`.
+fn hex_name(bytes: &[u8]) -> String {
     use sha2::Digest;
-    let mut h = sha2::Sha256::new();
-    match path.and_then(|p| Some((p, std::fs::metadata(p).ok()?))) {
-        Some((p, meta)) => {
-            let modified = meta
-                .modified()
-                .ok()
-                .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
-                .map_or(0, |d| d.as_nanos());
-            h.update(format!("file\0{}\0{}\0{modified}", p.display(), meta.len()));
-        }
-        None => h.update(image),
-    }
-    let digest: [u8; 32] = h.finalize().into();
+    let digest: [u8; 32] = sha2::Sha256::digest(bytes).into();
     let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
     format!("{hex}.vmlinux")
 }
@@ -102,8 +109,7 @@ fn cache_name(path: Option<&Path>, image: &[u8]) -> String {
 /// The cached vmlinux of the bzImage at `path` in `cache`, if an earlier zone made it (found by
 /// the file's path, size and modification time: the bzImage itself is not read).
 pub(crate) fn cached_vmlinux(path: &Path, cache: &Path) -> Option<KernelImage> {
-    std::fs::metadata(path).ok()?;
-    open_cached(&cache.join(cache_name(Some(path), &[])))
+    open_cached(&cache.join(name_by_path(path)?))
 }
 
 /// The vmlinux in cache file `file`, open, if it is one.
