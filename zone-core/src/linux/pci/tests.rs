@@ -65,6 +65,13 @@ impl PciFunction for Probe {
     }
 }
 
+/// A configuration space with one BAR, at index 0.
+fn one_bar(kind: BarKind, size: u64) -> ConfigSpace {
+    let mut config = ConfigSpace::new(&Header::default());
+    config.add_bar(0, Bar { kind, size }).unwrap();
+    config
+}
+
 /// ECAM offset of device `device`, register `reg`.
 fn at(device: u64, reg: u16) -> u64 {
     (device << 15) | u64::from(reg)
@@ -160,18 +167,12 @@ fn bars_decode_only_while_memory_decoding_is_on_and_follow_a_move() {
 fn thirty_one_functions_fit_and_a_thirty_second_is_refused() {
     let mut b = PciBusBuilder::new(256 << 20, 40).unwrap();
     for n in 1..=31u8 {
-        let mut config = ConfigSpace::new(&Header::default());
-        config
-            .add_bar(
-                0,
-                Bar {
-                    kind: BarKind::Memory32 {
-                        prefetchable: false,
-                    },
-                    size: 0x1000,
-                },
-            )
-            .unwrap();
+        let config = one_bar(
+            BarKind::Memory32 {
+                prefetchable: false,
+            },
+            0x1000,
+        );
         let (mut probe, _) = Probe::new();
         probe.config = config;
         assert_eq!(b.add(probe).unwrap(), n);
@@ -184,17 +185,7 @@ fn thirty_one_functions_fit_and_a_thirty_second_is_refused() {
 fn a_bar_larger_than_its_window_is_refused_with_its_size() {
     let mut b = PciBusBuilder::new(256 << 20, 40).unwrap();
     let (mut probe, _) = Probe::new();
-    let mut config = ConfigSpace::new(&Header::default());
-    config
-        .add_bar(
-            0,
-            Bar {
-                kind: BarKind::Memory64 { prefetchable: true },
-                size: 1 << 41,
-            },
-        )
-        .unwrap();
-    probe.config = config;
+    probe.config = one_bar(BarKind::Memory64 { prefetchable: true }, 1 << 41);
     let e = b.add(probe).unwrap_err();
     assert!(
         matches!(e, PciBusError::Bar { index: 0, size, .. } if size == 1 << 41),
@@ -247,18 +238,12 @@ impl PciFunction for Mapped {
 
 #[test]
 fn mapped_bar_parts_follow_decoding_and_moves_and_unaligned_ones_stay_trapped() {
-    let mut config = ConfigSpace::new(&Header::default());
-    config
-        .add_bar(
-            0,
-            Bar {
-                kind: BarKind::Memory32 {
-                    prefetchable: false,
-                },
-                size: 0x8000,
-            },
-        )
-        .unwrap();
+    let config = one_bar(
+        BarKind::Memory32 {
+            prefetchable: false,
+        },
+        0x8000,
+    );
     let mut b = PciBusBuilder::new(256 << 20, 40).unwrap();
     b.add(Box::new(Mapped(config))).unwrap();
     let bus = b.finish(None);
