@@ -63,11 +63,16 @@ pub(crate) struct Device {
     command_lock: Mutex<()>,
     mapped: Mutex<Vec<(u64, u64)>>,
     /// The IOMMU's usable I/O address ranges, where the kernel reports them.
-    pub(crate) iova: Option<crate::vfio::iova::Ranges>,
+    iova: Option<crate::vfio::iova::Ranges>,
 }
 
 impl Device {
-    pub(crate) fn new(vfio: VfioDevice, container: Arc<VfioContainer>, checked: Checked) -> Self {
+    pub(crate) fn new(
+        vfio: VfioDevice,
+        container: Arc<VfioContainer>,
+        checked: Checked,
+        iova: Option<crate::vfio::iova::Ranges>,
+    ) -> Self {
         Self {
             vfio,
             container,
@@ -79,7 +84,7 @@ impl Device {
             stopped: AtomicBool::new(false),
             command_lock: Mutex::new(()),
             mapped: Mutex::new(Vec::new()),
-            iova: None,
+            iova,
         }
     }
 
@@ -184,7 +189,7 @@ impl GpuControl {
 
     /// The PCI address of the device.
     pub fn address(&self) -> &str {
-        &self.device.checked.address
+        self.device.address()
     }
 
     /// The host IOMMU's usable I/O address ranges for this device (`[start, end]`, inclusive),

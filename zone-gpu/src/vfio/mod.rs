@@ -82,9 +82,7 @@ pub(crate) fn open(
     if let Some(ranges) = &iova {
         check_iova(&address, ranges, memory)?;
     }
-    let mut device = Device::new(vfio, container, checked);
-    device.iova = iova;
-    let device = Arc::new(device);
+    let device = Arc::new(Device::new(vfio, container, checked, iova));
     // A known state before the guest sees it (a device without a reset keeps what it had).
     device.reset();
     let mapping = std::time::Instant::now();
