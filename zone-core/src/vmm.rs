@@ -10,7 +10,7 @@ use crate::kvm;
 use crate::memory;
 use crate::metrics::Metrics;
 use crate::vcpu::kick::{self, Kicker};
-use crate::vcpu::{self, GuestExits};
+use crate::vcpu::{GuestExits, VcpuThreads};
 use crate::zone::{Zone, ZoneHandle, ZoneShared};
 use kvm_bindings::CpuId;
 use kvm_ioctls::{Kvm, VcpuFd, VmFd};
@@ -60,12 +60,7 @@ impl Settings {
     /// Installs the kick handler, starts the process-wide service threads (from this thread,
     /// which zones does not filter), opens and checks KVM, creates a VM.
     pub(crate) fn open_vm(&self) -> Result<Vm, BuildError> {
-        crate::seccomp::start_supervisor();
-        crate::deadline::start();
-        kick::install_handler().map_err(|source| BuildError::Kick {
-            zone: self.zone.clone(),
-            source,
-        })?;
+        self.services()?;
         let kvm = kvm::open(&self.kvm_path, self.vcpus).map_err(|source| BuildError::Kvm {
             zone: self.zone.clone(),
             source,
@@ -78,6 +73,17 @@ impl Settings {
             fd,
             cpuid,
             features,
+        })
+    }
+
+    /// Installs the kick handler and starts the process-wide service threads (once; from this
+    /// thread, which zones does not filter).
+    fn services(&self) -> Result<(), BuildError> {
+        crate::seccomp::start_supervisor();
+        crate::deadline::start();
+        kick::install_handler().map_err(|source| BuildError::Kick {
+            zone: self.zone.clone(),
+            source,
         })
     }
 
@@ -140,25 +146,16 @@ impl Settings {
         })
     }
 
-    /// Starts one thread per vCPU and returns the running zone.
+    /// Records the build's phases, hands each vCPU to its waiting thread ([`vcpu_threads`](Self::vcpu_threads))
+    /// and returns the running zone.
     pub(crate) fn launch(
         &self,
         vm: Vm,
         shared: Arc<ZoneShared>,
         vcpus: Vec<VcpuFd>,
         exits: Arc<dyn GuestExits>,
-    ) -> Result<Zone, BuildError> {
-        self.launch_as(vm, shared, vcpus, exits, crate::seccomp::ThreadKind::Vcpu)
-    }
-
-    /// [`launch`](Self::launch), with the vCPU threads filtered as `kind`.
-    pub(crate) fn launch_as(
-        &self,
-        vm: Vm,
-        shared: Arc<ZoneShared>,
-        vcpus: Vec<VcpuFd>,
-        exits: Arc<dyn GuestExits>,
-        kind: crate::seccomp::ThreadKind,
+        threads: VcpuThreads,
+        phases: crate::trace::Phases,
     ) -> Result<Zone, BuildError> {
         let mut zone = Zone {
             handle: ZoneHandle {
@@ -172,19 +169,27 @@ impl Settings {
         if let Some(after) = self.deadline {
             zone.set_deadline(after);
         }
-        for (index, fd) in (0u32..).zip(vcpus) {
-            let (shared, exits) = (shared.clone(), exits.clone());
-            let filter = shared.thread_filter(kind, Vec::new(), format!("vCPU {index}"));
-            let thread = std::thread::Builder::new()
-                .name(format!("{}/{index}", short(&self.zone)))
-                .spawn(move || vcpu::run(fd, index, shared, exits, filter))
-                .map_err(|source| BuildError::Thread {
-                    zone: self.zone.clone(),
-                    source,
-                })?;
-            zone.threads.push(thread);
-        }
+        // Recorded before the vCPUs run: the guest's first marks come after it.
+        shared.boot.launched(phases.into_list());
+        zone.threads = threads.run(vcpus, &shared, &exits);
         Ok(zone)
+    }
+
+    /// Starts the zone's vCPU threads, filtered as `kind`, to wait for their vCPUs
+    /// ([`launch`](Self::launch) hands them over): started early in a build, they install
+    /// their filters while the build goes on.
+    pub(crate) fn vcpu_threads(
+        &self,
+        kind: crate::seccomp::ThreadKind,
+    ) -> Result<VcpuThreads, BuildError> {
+        // The process-wide services start from this unfiltered thread, before any vCPU thread.
+        self.services()?;
+        VcpuThreads::start(short(&self.zone), self.vcpus, kind, self.seccomp).map_err(|source| {
+            BuildError::Thread {
+                zone: self.zone.clone(),
+                source,
+            }
+        })
     }
 }
 

@@ -658,10 +658,10 @@ pub(crate) fn build(
         true => crate::seccomp::ThreadKind::PciVcpu,
         false => crate::seccomp::ThreadKind::Vcpu,
     };
-    let mut zone = s.launch_as(vm, shared, vcpus, exits, vcpu_kind)?;
+    let threads = s.vcpu_threads(vcpu_kind)?;
+    let mut zone = s.launch(vm, shared, vcpus, exits, threads, phases)?;
     zone.keep
         .extend(pci_bus.map(|b| b as Arc<dyn std::any::Any + Send + Sync>));
-    zone.shared.boot.launched(phases.into_list());
     Ok(zone)
 }
 

@@ -165,6 +165,8 @@ pub(crate) fn build(
     )?;
     program.check_args().map_err(load_err)?;
     let mut phases = crate::trace::Phases::new(&s.zone);
+    let threads = s.vcpu_threads(crate::seccomp::ThreadKind::Vcpu)?;
+    phases.done("threads started");
     let vm = s.open_vm()?;
     let mem = s.memory(&vm, &[(0, s.mem_size)])?;
     crate::kvm::create_split_irqchip(&vm.fd).map_err(s.vm_err("KVM_ENABLE_CAP(SPLIT_IRQCHIP)"))?;
@@ -205,8 +207,7 @@ pub(crate) fn build(
         dispatcher,
         shared: shared.clone(),
     });
-    let zone = s.launch(vm, shared, vcpus, exits)?;
-    zone.shared.boot.launched(phases.into_list());
+    let zone = s.launch(vm, shared, vcpus, exits, threads, phases)?;
     Ok(zone)
 }
 

@@ -212,21 +212,33 @@ pub(crate) fn program(
     filter.try_into()
 }
 
-/// A filter that answers `clone3` with ENOSYS and lets everything else through to the thread's
-/// own filter: glibc then falls back to `clone`, which the allowlist refuses and the supervisor
-/// reports by name. (Of two filters the kernel applies the stricter answer: ERRNO wins over
-/// USER_NOTIF.)
-pub(crate) fn clone3_enosys() -> Result<BpfProgram, seccompiler::BackendError> {
-    let mut rules = Rules::new();
-    allow(&mut rules, &[libc::SYS_clone3]);
-    SeccompFilter::new(
-        rules,
-        SeccompAction::Allow,
-        SeccompAction::Errno(libc::ENOSYS as u32),
-        TargetArch::x86_64,
-    )?
-    .try_into()
+/// `program`, behind a head that answers `clone3` with ENOSYS: glibc then falls back to
+/// `clone`, which the allowlist refuses and the supervisor reports by name. One filter, not a
+/// second one: the kernel compiles every filter and prepares its action cache when it is
+/// installed, and a thread's start pays for each.
+pub(crate) fn with_clone3_enosys(program: BpfProgram) -> BpfProgram {
+    // BPF_LD | BPF_W | BPF_ABS, BPF_JMP | BPF_JEQ | BPF_K, BPF_RET | BPF_K.
+    const LD: u16 = 0x20;
+    const JEQ: u16 = 0x15;
+    const RET: u16 = 0x06;
+    // The offsets of `arch` and `nr` in `struct seccomp_data`.
+    const ARCH: u32 = 4;
+    const NR: u32 = 0;
+    let insn = |code, jt, jf, k| seccompiler::sock_filter { code, jt, jf, k };
+    let mut out = vec![
+        insn(LD, 0, 0, ARCH),
+        // Another architecture: straight to `program`, which refuses it.
+        insn(JEQ, 0, 3, AUDIT_ARCH_X86_64),
+        insn(LD, 0, 0, NR),
+        insn(JEQ, 0, 1, libc::SYS_clone3 as u32),
+        insn(RET, 0, 0, libc::SECCOMP_RET_ERRNO | libc::ENOSYS as u32),
+    ];
+    out.extend(program);
+    out
 }
+
+/// `AUDIT_ARCH_X86_64`: EM_X86_64 | __AUDIT_ARCH_64BIT | __AUDIT_ARCH_LE.
+const AUDIT_ARCH_X86_64: u32 = 62 | 0x8000_0000 | 0x4000_0000;
 
 /// What a mode does with a call outside the list when no listener can be had.
 pub(crate) fn fallback(mode: Seccomp) -> SeccompAction {
@@ -289,5 +301,18 @@ mod tests {
         );
         assert_eq!((VFIO_DEVICE_SET_IRQS, VFIO_DEVICE_RESET), (0x3b6e, 0x3b6f));
         assert!(!rules(ThreadKind::Vcpu, &[]).contains_key(&libc::SYS_pwrite64));
+    }
+
+    #[test]
+    fn the_clone3_head_jumps_into_the_program_it_precedes() {
+        let program = program(ThreadKind::Helper, &[], NOTIFY_PLACEHOLDER).unwrap();
+        let headed = with_clone3_enosys(program.clone());
+        let head = headed.len() - program.len();
+        assert_eq!(&headed[head..], &program[..]);
+        // Both "not clone3" and "not x86_64" continue at the program's first instruction.
+        assert_eq!(1 + 1 + usize::from(headed[1].jf), head);
+        assert_eq!(3 + 1 + usize::from(headed[3].jf), head);
+        // seccompiler's program checks the same architecture first.
+        assert_eq!(headed[head + 1].k, AUDIT_ARCH_X86_64);
     }
 }

@@ -57,11 +57,12 @@ fn compiled(
     } else {
         filters::fallback(mode)
     };
-    let mut program =
+    let program =
         filters::program(kind, extra, mismatch).map_err(|source| SeccompError::Compile {
             kind: kind.name(),
             source,
         })?;
+    let mut program = filters::with_clone3_enosys(program);
     if notify {
         for insn in &mut program {
             if insn.code == BPF_RET_K && insn.k == RET_TRAP {
@@ -112,14 +113,42 @@ fn install(program: &BpfProgram, listen: bool) -> std::io::Result<Option<OwnedFd
     Ok(Some(unsafe { OwnedFd::from_raw_fd(r as i32) }))
 }
 
+/// A filter installed on the calling thread whose listener (if it got one) is not yet handed to
+/// the supervisor: [`attach`](Self::attach) does that once the thread knows whom its refusals
+/// belong to. Until then the thread must make no call outside its list (it would wait for an
+/// answer nobody gives); waiting on a channel is fine.
+pub(crate) struct Installed {
+    listener: Option<OwnedFd>,
+}
+
+impl Installed {
+    /// Hands the listener to the supervisor, which reports the thread's refusals as `f` says.
+    pub(crate) fn attach(self, f: ThreadFilter) {
+        if let Some(listener) = self.listener {
+            supervisor::watch(listener, f);
+        }
+    }
+}
+
 /// Installs the filter `f` describes on the calling thread (nothing for [`Seccomp::Off`]).
 pub(crate) fn apply(f: ThreadFilter) -> Result<(), SeccompError> {
-    if f.mode == Seccomp::Off {
-        return Ok(());
+    install_for(f.mode, f.kind, &f.extra)?.attach(f);
+    Ok(())
+}
+
+/// Installs `kind`'s filter (plus `extra`) in `mode` on the calling thread; its listener is
+/// attached later ([`Installed::attach`]).
+pub(crate) fn install_for(
+    mode: Seccomp,
+    kind: ThreadKind,
+    extra: &[i64],
+) -> Result<Installed, SeccompError> {
+    let none = Installed { listener: None };
+    if mode == Seccomp::Off {
+        return Ok(none);
     }
     // From now on this thread's tracing records go through the forwarder.
     crate::trace::mark_filtered();
-    let kind = f.kind;
     let err = |source| SeccompError::Install {
         kind: kind.name(),
         source,
@@ -129,19 +158,10 @@ pub(crate) fn apply(f: ThreadFilter) -> Result<(), SeccompError> {
     if kind != ThreadKind::Supervisor {
         supervisor::start();
     }
-    let clone3 = filters::clone3_enosys().map_err(|source| SeccompError::Compile {
-        kind: kind.name(),
-        source,
-    })?;
-    install(&clone3, false).map_err(err)?;
     if kind != ThreadKind::Supervisor && supervisor::running() {
-        let program = compiled(kind, &f.extra, f.mode, true)?;
+        let program = compiled(kind, extra, mode, true)?;
         match install(&program, true) {
-            Ok(Some(listener)) => {
-                supervisor::watch(listener, f);
-                return Ok(());
-            }
-            Ok(None) => return Ok(()),
+            Ok(listener) => return Ok(Installed { listener }),
             // EBUSY: the thread's chain already has a listener (its creator's filter).
             // EINVAL: a kernel without user notifications. Refuse in the kernel, uncounted.
             Err(e) if matches!(e.raw_os_error(), Some(libc::EBUSY | libc::EINVAL)) => {
@@ -150,6 +170,7 @@ pub(crate) fn apply(f: ThreadFilter) -> Result<(), SeccompError> {
             Err(e) => return Err(err(e)),
         }
     }
-    let program = compiled(kind, &f.extra, f.mode, false)?;
-    install(&program, false).map(drop).map_err(err)
+    let program = compiled(kind, extra, mode, false)?;
+    install(&program, false).map_err(err)?;
+    Ok(none)
 }

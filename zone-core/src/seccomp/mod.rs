@@ -21,7 +21,7 @@ use std::sync::Weak;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 pub use install::SeccompError;
-pub(crate) use install::apply;
+pub(crate) use install::{apply, install_for};
 pub(crate) use names::describe;
 #[cfg(test)]
 use names::name;

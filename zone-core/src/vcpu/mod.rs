@@ -3,6 +3,9 @@
 
 mod exit;
 pub(crate) mod kick;
+mod threads;
+
+pub(crate) use threads::VcpuThreads;
 
 use crate::control::Step;
 use crate::exit::ZoneExit;
@@ -73,15 +76,15 @@ pub(crate) fn set_current_zone(id: u64) {
     CURRENT_ZONE.with(|c| c.set(id));
 }
 
-/// Body of a vCPU thread; `filter` is installed first.
+/// Body of a vCPU thread, whose filter is installed already (or failed to be: `failed`).
 pub(crate) fn run(
     mut fd: VcpuFd,
     index: u32,
     shared: Arc<ZoneShared>,
     exits: Arc<dyn GuestExits>,
-    filter: crate::seccomp::ThreadFilter,
+    failed: threads::FilterFailed,
 ) {
-    if let Err(e) = crate::seccomp::apply(filter) {
+    if let Some(e) = failed {
         // Never run a guest on an unfiltered thread: the zone ends instead.
         shared.stop(ZoneExit::Crashed {
             vcpu: index,

@@ -1,0 +1,120 @@
+//! vCPU threads started at the beginning of `build()`: each installs its seccomp filter (the
+//! kernel compiles it and prepares its action cache, a few hundred microseconds) and hands its
+//! listener to the supervisor while the building thread creates the VM, its memory and the
+//! vCPUs, then waits for its vCPU. A build that fails lets them go: they end without ever
+//! running a guest.
+
+use super::GuestExits;
+use crate::seccomp::{RefusalSink, Seccomp, SeccompError, ThreadFilter, ThreadKind};
+use crate::zone::ZoneShared;
+use kvm_ioctls::VcpuFd;
+use std::sync::mpsc::{SyncSender, sync_channel};
+use std::sync::{Arc, OnceLock, Weak};
+use std::thread::JoinHandle;
+
+/// What a waiting vCPU thread is given to run.
+struct Go {
+    fd: VcpuFd,
+    shared: Arc<ZoneShared>,
+    exits: Arc<dyn GuestExits>,
+}
+
+/// One waiting thread.
+struct Waiting {
+    go: SyncSender<Go>,
+    thread: JoinHandle<()>,
+}
+
+/// A zone's vCPU threads, filtered and waiting for their vCPUs.
+pub(crate) struct VcpuThreads {
+    waiting: Vec<Waiting>,
+}
+
+impl VcpuThreads {
+    /// Starts `count` threads named `{prefix}/{index}`, each filtered as `kind` in `mode`.
+    pub(crate) fn start(
+        prefix: &str,
+        count: u32,
+        kind: ThreadKind,
+        mode: Seccomp,
+    ) -> std::io::Result<Self> {
+        let mut threads = Self {
+            waiting: Vec::new(),
+        };
+        for index in 0..count {
+            let (go, ready) = sync_channel::<Go>(1);
+            let thread = std::thread::Builder::new()
+                .name(format!("{prefix}/{index}"))
+                .spawn(move || {
+                    let zone = Arc::new(LateSink::default());
+                    let filtered = crate::seccomp::install_for(mode, kind, &[]).map(|i| {
+                        i.attach(ThreadFilter {
+                            mode,
+                            kind,
+                            extra: Vec::new(),
+                            thread: format!("vCPU {index}"),
+                            sink: Some(Arc::downgrade(&zone) as Weak<dyn RefusalSink>),
+                        })
+                    });
+                    // A closed channel: the build failed, nothing to run.
+                    if let Ok(go) = ready.recv() {
+                        let _ = zone
+                            .0
+                            .set(Arc::downgrade(&go.shared) as Weak<dyn RefusalSink>);
+                        super::run(go.fd, index, go.shared, go.exits, filtered.err());
+                    }
+                })?;
+            // On an error, `threads` is dropped: the ones already started end.
+            threads.waiting.push(Waiting { go, thread });
+        }
+        Ok(threads)
+    }
+
+    /// Hands each thread its vCPU (in index order) and returns the threads to join.
+    pub(crate) fn run(
+        mut self,
+        vcpus: Vec<VcpuFd>,
+        shared: &Arc<ZoneShared>,
+        exits: &Arc<dyn GuestExits>,
+    ) -> Vec<JoinHandle<()>> {
+        let mut started = Vec::new();
+        for (w, fd) in std::mem::take(&mut self.waiting).into_iter().zip(vcpus) {
+            let go = Go {
+                fd,
+                shared: shared.clone(),
+                exits: exits.clone(),
+            };
+            // The thread only ever leaves its wait by receiving; the send cannot fail while it
+            // is alive, and a thread that died (a panic) leaves its vCPU unrun, as a join shows.
+            let _ = w.go.send(go);
+            started.push(w.thread);
+        }
+        started
+    }
+}
+
+impl Drop for VcpuThreads {
+    /// Threads never handed a vCPU end (their channel closes) and are joined.
+    fn drop(&mut self) {
+        for w in self.waiting.drain(..) {
+            drop(w.go);
+            let _ = w.thread.join();
+        }
+    }
+}
+
+/// Where a waiting thread's refusals go: its zone, once it is handed its vCPU. (It makes none
+/// while it waits; one would be counted process-wide only.)
+#[derive(Default)]
+struct LateSink(OnceLock<Weak<dyn RefusalSink>>);
+
+impl RefusalSink for LateSink {
+    fn refused(&self, thread: &str, nr: i64, args: &[u64; 6]) {
+        if let Some(zone) = self.0.get().and_then(Weak::upgrade) {
+            zone.refused(thread, nr, args);
+        }
+    }
+}
+
+/// Why a vCPU thread's filter could not be installed.
+pub(crate) type FilterFailed = Option<SeccompError>;
