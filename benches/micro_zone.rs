@@ -1,6 +1,8 @@
 //! Micro-zone benchmarks, each beside a raw kvm-ioctls floor measured in the same run:
 //! - lifecycle: build a zone, run it to its first hypercall, drop it; floor: open /dev/kvm,
-//!   create a VM, memory and a vCPU, run to a real-mode HLT, tear down.
+//!   create a VM, memory and a vCPU, run to a real-mode HLT, tear down. The start alone
+//!   (teardown untimed) has a second floor doing the zone's kind of work: a vCPU set up for
+//!   long mode at CPL3 (GDT, TSS, page tables) run to its first PIO exit, on the calling thread.
 //! - hypercall: one host-function call round trip from a running guest, with seccomp filters
 //!   (the default: the function runs on the vCPU's helper thread) and without (on the vCPU
 //!   thread); floor: one raw PIO exit from CPL3 (the exit a hypercall costs), and one zones
@@ -30,23 +32,7 @@ fn lifecycle(c: &mut Criterion) {
         b.iter(raw::create_run_hlt_drop)
     });
     let first = program("first");
-    let start_zone = || {
-        let ready = Arc::new(AtomicBool::new(false));
-        let r = ready.clone();
-        let zone = Zone::builder()
-            .memory_mib(8)
-            .micro(first.clone())
-            .host_fn_u64("ready", move |_| {
-                r.store(true, Ordering::Release);
-                0
-            })
-            .build()
-            .unwrap();
-        while !ready.load(Ordering::Acquire) {
-            std::hint::spin_loop();
-        }
-        zone
-    };
+    let start_zone = || start_zone(&first, Seccomp::Enforce);
     g.bench_function("zone_build_first_hypercall_drop", |b| {
         b.iter(|| drop(start_zone()))
     });
@@ -54,10 +40,89 @@ fn lifecycle(c: &mut Criterion) {
     g.bench_function("floor_raw_kvm_create_run_hlt", |b| {
         b.iter_custom(|iters| timed_without_drop(iters, raw::create_run_hlt))
     });
+    g.bench_function("floor_raw_kvm_cpl3_first_exit", |b| {
+        b.iter_custom(|iters| {
+            timed_without_drop(iters, || {
+                let mut vcpu = raw::Cpl3Loop::new();
+                vcpu.round_trip();
+                vcpu
+            })
+        })
+    });
     g.bench_function("zone_build_to_first_hypercall", |b| {
         b.iter_custom(|iters| timed_without_drop(iters, start_zone))
     });
     g.finish();
+}
+
+/// Builds a zone running the `first` guest and waits (spinning) for its first hypercall.
+fn start_zone(first: &GuestProgram, seccomp: Seccomp) -> Zone {
+    let ready = Arc::new(AtomicBool::new(false));
+    let r = ready.clone();
+    let zone = Zone::builder()
+        .memory_mib(8)
+        .seccomp(seccomp)
+        .micro(first.clone())
+        .host_fn_u64("ready", move |_| {
+            r.store(true, Ordering::Release);
+            0
+        })
+        .build()
+        .unwrap();
+    while !ready.load(Ordering::Acquire) {
+        std::hint::spin_loop();
+    }
+    zone
+}
+
+/// Start latency in interleaved rounds (each round: both floors, then zones with filters and
+/// without), so that the machine's drift between criterion's groups does not enter the ratios:
+/// medians of `ROUNDS` rounds after 10 warm-up ones.
+fn interleaved_start() {
+    const ROUNDS: usize = 200;
+    let first = program("first");
+    let mut times: [Vec<Duration>; 4] = Default::default();
+    for round in 0..ROUNDS + 10 {
+        let mut took = [Duration::ZERO; 4];
+        let t = Instant::now();
+        let hlt = raw::create_run_hlt();
+        took[0] = t.elapsed();
+        drop(hlt);
+        let t = Instant::now();
+        let mut cpl3 = raw::Cpl3Loop::new();
+        cpl3.round_trip();
+        took[1] = t.elapsed();
+        drop(cpl3);
+        for (i, mode) in [(2, Seccomp::Enforce), (3, Seccomp::Off)] {
+            let t = Instant::now();
+            let zone = start_zone(&first, mode);
+            took[i] = t.elapsed();
+            drop(zone);
+        }
+        if round >= 10 {
+            for (v, t) in times.iter_mut().zip(took) {
+                v.push(t);
+            }
+        }
+    }
+    let [hlt, cpl3, zone, off] = times.map(|mut v| {
+        v.sort();
+        v[v.len() / 2].as_secs_f64() * 1e6
+    });
+    println!("\nstart latency, medians of {ROUNDS} interleaved rounds:");
+    println!(
+        "  floor: raw KVM to a real-mode HLT {hlt:.1} µs; raw KVM to a CPL3 PIO exit {cpl3:.1} µs"
+    );
+    for (name, v) in [
+        ("zones build() to first hypercall", zone),
+        ("  the same, Seccomp::Off", off),
+    ] {
+        println!(
+            "  {name}: {v:.1} µs; ratio to the HLT floor {:.2}, to the CPL3 floor {:.2}",
+            v / hlt,
+            v / cpl3
+        );
+    }
 }
 
 /// Times `iters` runs of `start`, dropping each result outside the timed part.
@@ -174,6 +239,11 @@ fn report() {
             "floor_raw_kvm_create_run_hlt",
         ),
         (
+            "lifecycle",
+            "zone_build_to_first_hypercall",
+            "floor_raw_kvm_cpl3_first_exit",
+        ),
+        (
             "hypercall",
             "zone_host_fn_round_trip",
             "floor_raw_cpl3_pio_exit",
@@ -210,4 +280,5 @@ fn main() {
     benches();
     Criterion::default().configure_from_args().final_summary();
     report();
+    interleaved_start();
 }

@@ -145,13 +145,14 @@ pub(crate) fn write_tables(mem: &GuestMemoryMmap, vcpus: u32) -> Result<(), Gues
     for v in 0..vcpus {
         mem.write_slice(&tss(v), GuestAddress(tss_base(v)))?;
     }
-    for vector in 0..=255u8 {
-        mem.write_slice(
-            &stub(vector),
-            GuestAddress(layout::STUBS + u64::from(vector) * layout::STUB_STRIDE),
-        )?;
+    // All 256 stubs, each at its stride, in one write.
+    let stride = layout::STUB_STRIDE as usize;
+    let mut stubs = vec![0u8; 256 * stride];
+    for (vector, slot) in (0..=255u8).zip(stubs.chunks_exact_mut(stride)) {
+        let code = stub(vector);
+        slot[..code.len()].copy_from_slice(&code);
     }
-    Ok(())
+    mem.write_slice(&stubs, GuestAddress(layout::STUBS))
 }
 
 fn segment(selector: u16, code: bool, dpl: u8, base: u64) -> kvm_segment {

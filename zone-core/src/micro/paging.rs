@@ -132,14 +132,32 @@ impl<'m> PageTables<'m> {
                 continue;
             }
             let pt = self.descend(pd, (va >> 21) & 511, va)?;
-            let (at, e) = self.entry(pt, (va >> 12) & 511)?;
-            if e & PRESENT != 0 {
-                return Err(PagingError::Conflict(va));
-            }
-            self.mem.write_obj(va | flags.bits(), at)?;
-            va += PAGE;
+            // The run of 4 KiB pages this table holds, read, checked and written at once.
+            let end = range.end.min((va | (LARGE - 1)) + 1);
+            va = self.leaves(pt, va..end, flags)?;
         }
         Ok(())
+    }
+
+    /// Writes the leaf entries of `range` (inside one 2 MiB region) into table `pt`; returns
+    /// the range's end.
+    fn leaves(&self, pt: u64, range: Range<u64>, flags: PageFlags) -> Result<u64, PagingError> {
+        let first = (range.start >> 12) & 511;
+        let count = ((range.end - range.start) / PAGE) as usize;
+        let at = GuestAddress(pt + first * 8);
+        let mut run = [0u8; PAGE as usize];
+        let run = &mut run[..count * 8];
+        self.mem.read_slice(run, at)?;
+        for (i, e) in run.chunks_exact_mut(8).enumerate() {
+            let va = range.start + i as u64 * PAGE;
+            let old = u64::from_le_bytes([e[0], e[1], e[2], e[3], e[4], e[5], e[6], e[7]]);
+            if old & PRESENT != 0 {
+                return Err(PagingError::Conflict(va));
+            }
+            e.copy_from_slice(&(va | flags.bits()).to_le_bytes());
+        }
+        self.mem.write_slice(run, at)?;
+        Ok(range.end)
     }
 }
 
