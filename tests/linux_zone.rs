@@ -160,7 +160,8 @@ fn check_boot_report(zone: &Zone) {
             "modules_loaded",
             "rootfs_ready",
             "network_ready",
-            "server_listening"
+            "server_listening",
+            "server_ready"
         ],
         "{report}"
     );

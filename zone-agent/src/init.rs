@@ -9,7 +9,7 @@
 
 use crate::{proto, sys};
 use std::ffi::CStr;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
@@ -101,6 +101,22 @@ pub fn run() -> ! {
         eprintln!("{problem}");
     }
     marks.reached(proto::boot::NETWORK);
+    // The agent port listens from here on, held by PID 1 and passed to every server it starts:
+    // the host's first connection is answered (and waits for the server) as soon as the socket
+    // exists, not after the server's start, and none is refused while a server restarts.
+    let listener = crate::server::listen_with_retries(proto::AGENT_PORT);
+    marks.reached(proto::boot::LISTENING);
+    match sys::set_cloexec(listener.as_fd(), false) {
+        Ok(()) => server_env.push((
+            crate::rootfs::server_env::LISTEN_FD,
+            listener.as_raw_fd().to_string(),
+        )),
+        // The server then listens itself, once this socket is closed.
+        Err(e) => {
+            eprintln!("zone-agent: cannot pass the agent socket to the server: {e}");
+            drop(listener);
+        }
+    }
     server_env.push((crate::rootfs::server_env::BOOT, marks.encode()));
     supervise(&server_env)
 }

@@ -388,8 +388,10 @@ pub mod boot {
     pub const ROOTFS: &str = "rootfs_ready";
     /// The network configured (or nothing to do).
     pub const NETWORK: &str = "network_ready";
-    /// The exec server listens on the agent port.
+    /// The agent port listens (PID 1 opens it; connections wait there for the server).
     pub const LISTENING: &str = "server_listening";
+    /// The exec server accepts connections.
+    pub const SERVING: &str = "server_ready";
     /// Most marks a report holds.
     pub const MAX_MARKS: usize = 16;
     /// Longest mark name.

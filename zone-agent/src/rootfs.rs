@@ -227,6 +227,8 @@ pub mod server_env {
     pub const ROOTFS_ERROR: &str = "ZONE_AGENT_ROOTFS_ERROR";
     /// PID 1's boot marks ([`crate::proto::boot`]).
     pub const BOOT: &str = "ZONE_AGENT_BOOT";
+    /// The descriptor of the agent port's listening socket, which PID 1 opened.
+    pub const LISTEN_FD: &str = "ZONE_AGENT_LISTEN_FD";
 }
 
 /// PID 1's part: when the host described a root filesystem, switch to it and return the

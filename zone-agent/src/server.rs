@@ -12,7 +12,7 @@ use crate::proto::{self, ExecRequest, kind};
 use crate::sys;
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, FromRawFd, OwnedFd};
 use std::time::Duration;
 
 /// How many times [`run`] tries to listen before giving up.
@@ -58,16 +58,28 @@ pub fn handle_connection(conn: OwnedFd) {
     }
 }
 
-/// When the server started listening (guest boot time, microseconds).
+/// When the server listened itself (no socket from PID 1) and when it began to serve (guest
+/// boot time, microseconds).
 static LISTENING_AT: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+static SERVING_AT: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
 
 /// The `BOOT_TIMES` payload: PID 1's marks, then the server's own.
 fn boot_times() -> String {
     let mut text = defaults::get().boot.clone();
-    if let Some(at) = LISTENING_AT.get() {
-        text += &proto::boot::encode(&[(proto::boot::LISTENING.to_string(), *at)]);
+    for (name, at) in [
+        (proto::boot::LISTENING, &LISTENING_AT),
+        (proto::boot::SERVING, &SERVING_AT),
+    ] {
+        if let Some(at) = at.get() {
+            text += &proto::boot::encode(&[(name.to_string(), *at)]);
+        }
     }
     text
+}
+
+/// Guest boot time now, in microseconds.
+fn now_micros() -> u64 {
+    sys::boottime().as_micros().min(u128::from(u64::MAX)) as u64
 }
 
 /// The `PONG` payload: protocol version (u32 LE), then the kernel release (empty if unknown).
@@ -99,13 +111,18 @@ pub fn listen_vsock(port: u32) -> io::Result<OwnedFd> {
     Ok(sock)
 }
 
-/// The `--serve` process: listens on [`AGENT_PORT`](proto::AGENT_PORT) (retrying for about
-/// ten seconds while the vsock transport comes up), prints `zone-agent: ready`, then serves every
-/// connection on its own thread, forever. Exits with status 1 if it cannot listen.
+/// The `--serve` process: takes the listening socket PID 1 passed (or, started otherwise,
+/// listens on [`AGENT_PORT`](proto::AGENT_PORT) itself, retrying for about ten seconds while the
+/// vsock transport comes up), prints `zone-agent: ready`, then serves every connection on its
+/// own thread, forever. Exits with status 1 if it cannot listen.
 pub fn run() -> ! {
     defaults::take();
-    let listener = listen_with_retries(proto::AGENT_PORT);
-    let _ = LISTENING_AT.set(sys::boottime().as_micros().min(u128::from(u64::MAX)) as u64);
+    let listener = inherited_listener().unwrap_or_else(|| {
+        let listener = listen_with_retries(proto::AGENT_PORT);
+        let _ = LISTENING_AT.set(now_micros());
+        listener
+    });
+    let _ = SERVING_AT.set(now_micros());
     eprintln!("zone-agent: ready");
     loop {
         match sys::accept4(listener.as_fd(), sys::SOCK_CLOEXEC) {
@@ -133,7 +150,25 @@ pub fn run() -> ! {
     }
 }
 
-fn listen_with_retries(port: u32) -> OwnedFd {
+/// The listening socket PID 1 passed, close-on-exec again (commands must not inherit it).
+fn inherited_listener() -> Option<OwnedFd> {
+    let fd = defaults::get().listen_fd?;
+    // SAFETY: PID 1 opened this socket and passed its number to this process alone, which owns
+    // nothing under that number yet; if it is not open after all, fcntl fails and the
+    // descriptor is forgotten, not closed.
+    let sock = unsafe { OwnedFd::from_raw_fd(fd) };
+    match sys::set_cloexec(sock.as_fd(), true) {
+        Ok(()) => Some(sock),
+        Err(_) => {
+            std::mem::forget(sock);
+            None
+        }
+    }
+}
+
+/// A listening socket on vsock `port`, retried for about ten seconds while the vsock transport
+/// comes up; exits the process with status 1 (naming the likely cause) when it cannot listen.
+pub fn listen_with_retries(port: u32) -> OwnedFd {
     let mut last = None;
     for attempt in 0..LISTEN_ATTEMPTS {
         if attempt > 0 {

@@ -62,6 +62,7 @@ mod nr {
     pub const POLL: usize = 7;
     pub const IOCTL: usize = 16;
     pub const CLOCK_GETTIME: usize = 228;
+    pub const FCNTL: usize = 72;
 }
 
 /// Address family of IPv4 sockets.
@@ -455,6 +456,29 @@ pub fn accept4(fd: BorrowedFd<'_>, flags: i32) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(ret as i32) })
 }
 
+/// Sets or clears `FD_CLOEXEC` on `fd` (`fcntl(F_SETFD)`): whether the descriptor is closed
+/// when this process executes a program.
+pub fn set_cloexec(fd: BorrowedFd<'_>, on: bool) -> io::Result<()> {
+    const F_SETFD: usize = 2;
+    const FD_CLOEXEC: usize = 1;
+    // SAFETY: fcntl(F_SETFD) on a borrowed descriptor changes only its close-on-exec flag: no
+    // memory is passed, nothing is closed.
+    let ret = unsafe {
+        syscall6(
+            nr::FCNTL,
+            [
+                fd.as_raw_fd() as usize,
+                F_SETFD,
+                if on { FD_CLOEXEC } else { 0 },
+                0,
+                0,
+                0,
+            ],
+        )
+    };
+    check(ret).map(drop)
+}
+
 /// `shutdown(2)`: ends one or both directions of a connected socket.
 pub fn shutdown(fd: BorrowedFd<'_>, how: i32) -> io::Result<()> {
     fd_and_int(nr::SHUTDOWN, fd, how)
@@ -550,6 +574,26 @@ mod tests {
         assert!(is_errno(&e, ESRCH), "{e}");
         assert!(kill(-1, SIGKILL).is_err(), "kill(-1) must be refused");
         assert!(kill(0, SIGKILL).is_err(), "kill(0) must be refused");
+    }
+
+    #[test]
+    fn close_on_exec_is_set_and_cleared() {
+        let file = std::fs::File::open("/dev/null").unwrap();
+        let flags = || {
+            let info = std::fs::read_to_string(format!(
+                "/proc/self/fdinfo/{}",
+                std::os::fd::AsRawFd::as_raw_fd(&file)
+            ))
+            .unwrap();
+            let line = info.lines().find(|l| l.starts_with("flags:")).unwrap();
+            u32::from_str_radix(line["flags:".len()..].trim(), 8).unwrap()
+        };
+        const O_CLOEXEC: u32 = 0o2_000_000;
+        assert_ne!(flags() & O_CLOEXEC, 0, "std opens close-on-exec");
+        set_cloexec(file.as_fd(), false).unwrap();
+        assert_eq!(flags() & O_CLOEXEC, 0);
+        set_cloexec(file.as_fd(), true).unwrap();
+        assert_ne!(flags() & O_CLOEXEC, 0);
     }
 
     #[test]

@@ -79,7 +79,8 @@ pub struct BootReport {
     pub milestones: Vec<(&'static str, Duration)>,
     /// The agent's marks (Linux zones with the zones agent), on the guest's clock:
     /// `agent_start` (the kernel's own boot is over), `mounted`, `modules_loaded`,
-    /// `rootfs_ready`, `network_ready`, `server_listening`. Empty for micro zones, before the
+    /// `rootfs_ready`, `network_ready`, `server_listening` (the agent port listens),
+    /// `server_ready` (its server accepts connections). Empty for micro zones, before the
     /// agent has answered, or when it could not be asked.
     pub guest_marks: Vec<(String, Duration)>,
 }

@@ -16,6 +16,8 @@ pub(crate) struct Defaults {
     pub(crate) rootfs_error: Option<String>,
     /// PID 1's boot marks, as it encoded them.
     pub(crate) boot: String,
+    /// The listening socket PID 1 passed (its descriptor number), if it did.
+    pub(crate) listen_fd: Option<i32>,
 }
 
 static DEFAULTS: OnceLock<Defaults> = OnceLock::new();
@@ -36,11 +38,16 @@ pub(crate) fn take() {
         d.rootfs_error = Some(v);
     }
     d.boot = std::env::var(server_env::BOOT).unwrap_or_default();
+    d.listen_fd = std::env::var(server_env::LISTEN_FD)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|fd| *fd > 2);
     for k in [
         server_env::CWD,
         server_env::USER,
         server_env::ROOTFS_ERROR,
         server_env::BOOT,
+        server_env::LISTEN_FD,
     ] {
         // SAFETY: called by `run` before it starts any thread: nothing else reads or writes the
         // environment concurrently.
