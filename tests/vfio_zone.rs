@@ -196,7 +196,9 @@ fn nvme_passes_through_its_driver_binds_with_msix_and_writes_reach_the_disk() {
     );
     assert!(counters.get("bar_writes").unwrap_or(0) > 0, "{counters:?}");
     eprintln!("nvme counters: {:?}", counters.counters);
-    drop(gpu);
+    // A handle and the device's control that outlive the zone do not keep the device: the
+    // zone's drop releases it, and the next grant below succeeds while both still live.
+    let lingering = z.handle();
     drop(z);
 
     // The write reached the backing file of the lab's nvme.
@@ -215,6 +217,17 @@ fn nvme_passes_through_its_driver_binds_with_msix_and_writes_reach_the_disk() {
         ),
     );
     assert_eq!(again, token);
+    // The first zone's control stayed readable and reports its device released.
+    assert!(!gpu.bus_master(), "the first zone's device was released");
+    assert_eq!(gpu.address(), address);
+    assert!(
+        lingering
+            .metrics()
+            .devices
+            .iter()
+            .any(|d| d.device == "gpu0")
+    );
+    drop((gpu, lingering));
 }
 
 /// QEMU's edu.

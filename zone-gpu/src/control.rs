@@ -5,7 +5,7 @@
 use crate::policy::{Checked, GpuError};
 use crate::vfio::CONFIG_REGION;
 use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use vfio_ioctls::{VfioContainer, VfioDevice};
 use zone_core::ZoneExit;
 use zone_core::device::pci::command;
@@ -52,7 +52,7 @@ pub(crate) struct Device {
     pub(crate) vfio: VfioDevice,
     container: Arc<VfioContainer>,
     checked: Checked,
-    pub(crate) stats: Stats,
+    pub(crate) stats: Arc<Stats>,
     /// The command register as the guest last wrote it.
     guest_command: AtomicU16,
     /// Containment: DMA stopped (paused, quarantined or stopped zone).
@@ -77,7 +77,7 @@ impl Device {
             vfio,
             container,
             checked,
-            stats: Stats::default(),
+            stats: Arc::default(),
             guest_command: AtomicU16::new(0),
             paused: AtomicBool::new(false),
             quarantined: AtomicBool::new(false),
@@ -171,32 +171,44 @@ impl Device {
 /// A passed-through device's control: containment of its DMA and its counters. Find it with
 /// `zone.device::<GpuControl>()`.
 pub struct GpuControl {
-    device: Arc<Device>,
+    /// The device while its zone holds it: the zone's drop releases it (DMA unmapped, reset,
+    /// group closed, claim given up) however long handles and this control live on.
+    device: Weak<Device>,
+    address: String,
+    resettable: bool,
+    iova: Option<crate::vfio::iova::Ranges>,
+    stats: Arc<Stats>,
 }
 
 impl std::fmt::Debug for GpuControl {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("GpuControl")
-            .field("address", &self.device.checked.address)
+            .field("address", &self.address)
             .finish_non_exhaustive()
     }
 }
 
 impl GpuControl {
-    pub(crate) fn new(device: Arc<Device>) -> Self {
-        Self { device }
+    pub(crate) fn new(device: &Arc<Device>) -> Self {
+        Self {
+            device: Arc::downgrade(device),
+            address: device.checked.address.clone(),
+            resettable: device.checked.resettable,
+            iova: device.iova.clone(),
+            stats: device.stats.clone(),
+        }
     }
 
     /// The PCI address of the device.
     pub fn address(&self) -> &str {
-        self.device.address()
+        &self.address
     }
 
     /// The host IOMMU's usable I/O address ranges for this device (`[start, end]`, inclusive),
     /// as VFIO reported them when the zone was built; guest RAM was checked to lie inside them.
     /// `None` on a kernel that does not report them (before Linux 5.4): nothing was checked.
     pub fn iova_ranges(&self) -> Option<&[(u64, u64)]> {
-        self.device.iova.as_deref()
+        self.iova.as_deref()
     }
 
     /// Interrupts per vector, `(vector, count)`, as the host counted them on the IRQs VFIO
@@ -217,15 +229,23 @@ impl GpuControl {
         Ok(crate::interrupts::per_vector(&text, self.address()))
     }
 
-    /// Whether the device's bus mastering (its DMA) is on now, read back from the device.
+    /// Whether the device's bus mastering (its DMA) is on now, read back from the device;
+    /// `false` once the zone has released it.
     pub fn bus_master(&self) -> bool {
-        self.device.bus_master()
+        self.device.upgrade().is_some_and(|d| d.bus_master())
+    }
+
+    /// Runs `f` on the device while the zone holds it.
+    fn with_device(&self, f: impl FnOnce(&Device)) {
+        if let Some(device) = self.device.upgrade() {
+            f(&device);
+        }
     }
 }
 
 impl DeviceControl for GpuControl {
     fn counters(&self) -> Vec<(&'static str, u64)> {
-        let s = &self.device.stats;
+        let s = &self.stats;
         vec![
             ("dma_mapped_bytes", s.dma_mapped.load(Ordering::Relaxed)),
             ("dma_map_us", s.dma_map_us.load(Ordering::Relaxed)),
@@ -236,35 +256,43 @@ impl DeviceControl for GpuControl {
                 "config_writes_refused",
                 s.config_refused.load(Ordering::Relaxed),
             ),
-            ("resettable", u64::from(self.device.checked.resettable)),
+            ("resettable", u64::from(self.resettable)),
         ]
     }
 
     fn quarantine(&self) -> Option<DeviceEvidence> {
-        self.device.quarantined.store(true, Ordering::SeqCst);
-        self.device.apply_command();
+        self.with_device(|d| {
+            d.quarantined.store(true, Ordering::SeqCst);
+            d.apply_command();
+        });
         Some(DeviceEvidence {
-            device: self.device.checked.address.clone(),
+            device: self.address.clone(),
             lines: vec![format!(
                 "PCI device {}: bus mastering off (no DMA) until released",
-                self.device.checked.address
+                self.address
             )],
             detail: None,
         })
     }
 
     fn release(&self) {
-        self.device.quarantined.store(false, Ordering::SeqCst);
-        self.device.apply_command();
+        self.with_device(|d| {
+            d.quarantined.store(false, Ordering::SeqCst);
+            d.apply_command();
+        });
     }
 
     fn set_paused(&self, paused: bool) {
-        self.device.paused.store(paused, Ordering::SeqCst);
-        self.device.apply_command();
+        self.with_device(|d| {
+            d.paused.store(paused, Ordering::SeqCst);
+            d.apply_command();
+        });
     }
 
     fn stopped(&self, _exit: &ZoneExit) {
-        self.device.stopped.store(true, Ordering::SeqCst);
-        self.device.apply_command();
+        self.with_device(|d| {
+            d.stopped.store(true, Ordering::SeqCst);
+            d.apply_command();
+        });
     }
 }

@@ -120,7 +120,7 @@ pub(crate) fn open(
     device.stats.set_direct(mmaps.direct_bytes());
     // Bus mastering and decoding off until the guest's driver turns them on.
     device.set_guest_command(0);
-    let control = Arc::new(GpuControl::new(device.clone()));
+    let control = Arc::new(GpuControl::new(&device));
     Ok((
         Passthrough {
             device,
