@@ -125,8 +125,9 @@ fn open_cached(file: &Path) -> Option<KernelImage> {
         .then_some(image)
 }
 
-/// The vmlinux inside `image` (read from `path`, when it was), from the cache in `cache` or
-/// decompressed now (and then cached there); `Err` says why the image should boot as it is.
+/// The vmlinux inside `image` (read from `path`, when it was, after [`cached_vmlinux`] found
+/// nothing for that path), from the cache in `cache` or decompressed now (and then cached
+/// there); `Err` says why the image should boot as it is.
 pub(crate) fn vmlinux(
     path: Option<&Path>,
     image: &[u8],
@@ -136,8 +137,12 @@ pub(crate) fn vmlinux(
         return Err(Kept::NotBzImage);
     };
     let cached = cache.map(|dir| dir.join(cache_name(path, image)));
-    // The cached file is handed to the loader open: it reads it straight into guest memory.
-    if let Some(image) = cached.as_deref().and_then(open_cached) {
+    // A kernel read from a file was looked up by its path before it was read
+    // ([`cached_vmlinux`]); one given as bytes is looked up here, by its content. The cached
+    // file is handed to the loader open: it reads it straight into guest memory.
+    if path.is_none()
+        && let Some(image) = cached.as_deref().and_then(open_cached)
+    {
         return Ok(image);
     }
     let vmlinux = decompress_payload(format, data)?;
