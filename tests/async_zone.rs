@@ -198,7 +198,7 @@ fn sixty_four_concurrent_execs_on_one_zone_and_on_eight() {
             assert!(out.status.success());
         }
         let report = one.boot_report_async().await;
-        assert_eq!(report.guest_marks.len(), 6, "{report}");
+        assert_eq!(report.guest_marks.len(), 7, "{report}");
         assert!(
             report
                 .milestones

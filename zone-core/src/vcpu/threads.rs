@@ -78,15 +78,20 @@ impl VcpuThreads {
         exits: &Arc<dyn GuestExits>,
     ) -> Vec<JoinHandle<()>> {
         let mut started = Vec::new();
-        for (w, fd) in std::mem::take(&mut self.waiting).into_iter().zip(vcpus) {
+        for ((index, w), fd) in (0u32..).zip(std::mem::take(&mut self.waiting)).zip(vcpus) {
             let go = Go {
                 fd,
                 shared: shared.clone(),
                 exits: exits.clone(),
             };
-            // The thread only ever leaves its wait by receiving; the send cannot fail while it
-            // is alive, and a thread that died (a panic) leaves its vCPU unrun, as a join shows.
-            let _ = w.go.send(go);
+            // The thread only leaves its wait by receiving, so the send fails only if it died
+            // (a panic): its vCPU would never run, so the zone ends instead of waiting on it.
+            if w.go.send(go).is_err() {
+                shared.stop(crate::exit::ZoneExit::Crashed {
+                    vcpu: index,
+                    reason: "its vCPU thread ended before it was handed the vCPU".into(),
+                });
+            }
             started.push(w.thread);
         }
         started
