@@ -41,13 +41,7 @@ fn lifecycle(c: &mut Criterion) {
         b.iter_custom(|iters| timed_without_drop(iters, raw::create_run_hlt))
     });
     g.bench_function("floor_raw_kvm_cpl3_first_exit", |b| {
-        b.iter_custom(|iters| {
-            timed_without_drop(iters, || {
-                let mut vcpu = raw::Cpl3Loop::new();
-                vcpu.round_trip();
-                vcpu
-            })
-        })
+        b.iter_custom(|iters| timed_without_drop(iters, raw::Cpl3Loop::started))
     });
     g.bench_function("zone_build_to_first_hypercall", |b| {
         b.iter_custom(|iters| timed_without_drop(iters, start_zone))
@@ -89,8 +83,7 @@ fn interleaved_start() {
         took[0] = t.elapsed();
         drop(hlt);
         let t = Instant::now();
-        let mut cpl3 = raw::Cpl3Loop::new();
-        cpl3.round_trip();
+        let cpl3 = raw::Cpl3Loop::started();
         took[1] = t.elapsed();
         drop(cpl3);
         for (i, mode) in [(2, Seccomp::Enforce), (3, Seccomp::Off)] {

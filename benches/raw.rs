@@ -185,6 +185,13 @@ impl Cpl3Loop {
         }
     }
 
+    /// [`new`](Self::new) and its first exit: the floor of a CPL3 guest's start.
+    pub fn started() -> Self {
+        let mut vcpu = Self::new();
+        vcpu.round_trip();
+        vcpu
+    }
+
     /// One guest `out` and back.
     pub fn round_trip(&mut self) {
         match self.vcpu.run() {
