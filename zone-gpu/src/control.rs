@@ -62,17 +62,10 @@ pub(crate) struct Device {
     /// Serializes writes of the device's command register.
     command_lock: Mutex<()>,
     mapped: Mutex<Vec<(u64, u64)>>,
-    /// The IOMMU's usable I/O address ranges, where the kernel reports them.
-    iova: Option<crate::vfio::iova::Ranges>,
 }
 
 impl Device {
-    pub(crate) fn new(
-        vfio: VfioDevice,
-        container: Arc<VfioContainer>,
-        checked: Checked,
-        iova: Option<crate::vfio::iova::Ranges>,
-    ) -> Self {
+    pub(crate) fn new(vfio: VfioDevice, container: Arc<VfioContainer>, checked: Checked) -> Self {
         Self {
             vfio,
             container,
@@ -84,7 +77,6 @@ impl Device {
             stopped: AtomicBool::new(false),
             command_lock: Mutex::new(()),
             mapped: Mutex::new(Vec::new()),
-            iova,
         }
     }
 
@@ -176,6 +168,7 @@ pub struct GpuControl {
     device: Weak<Device>,
     address: String,
     resettable: bool,
+    /// The IOMMU's usable I/O address ranges, where the kernel reports them.
     iova: Option<crate::vfio::iova::Ranges>,
     stats: Arc<Stats>,
 }
@@ -189,12 +182,13 @@ impl std::fmt::Debug for GpuControl {
 }
 
 impl GpuControl {
-    pub(crate) fn new(device: &Arc<Device>) -> Self {
+    /// The control of `device`, whose IOMMU reported the usable I/O ranges `iova`.
+    pub(crate) fn new(device: &Arc<Device>, iova: Option<crate::vfio::iova::Ranges>) -> Self {
         Self {
             device: Arc::downgrade(device),
             address: device.checked.address.clone(),
             resettable: device.checked.resettable,
-            iova: device.iova.clone(),
+            iova,
             stats: device.stats.clone(),
         }
     }

@@ -82,7 +82,7 @@ pub(crate) fn open(
     if let Some(ranges) = &iova {
         check_iova(&address, ranges, memory)?;
     }
-    let device = Arc::new(Device::new(vfio, container, checked, iova));
+    let device = Arc::new(Device::new(vfio, container, checked));
     // A known state before the guest sees it (a device without a reset keeps what it had).
     device.reset();
     let mapping = std::time::Instant::now();
@@ -120,7 +120,7 @@ pub(crate) fn open(
     device.stats.set_direct(mmaps.direct_bytes());
     // Bus mastering and decoding off until the guest's driver turns them on.
     device.set_guest_command(0);
-    let control = Arc::new(GpuControl::new(&device));
+    let control = Arc::new(GpuControl::new(&device, iova));
     Ok((
         Passthrough {
             device,
