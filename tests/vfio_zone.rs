@@ -360,3 +360,116 @@ printf '\000\000' | dd of=$d/config bs=2 seek=0 conv=notrunc 2>/dev/null
         gpu.counters
     );
 }
+
+/// Guest RAM for the DMA loop's slots (inside the guest kernel's reserved megabyte).
+const LOOP_SLOTS: u64 = BUFFER + 0x1000;
+/// What edu's buffer holds during the loop: each transfer copies it into a fresh slot.
+const LOOP_PATTERN: &str = "0x55AA55AA12345678";
+/// Transfers of the loop, and the ones the host pauses the zone on.
+const LOOP_ROUNDS: u32 = 9;
+const PAUSED_ON: [u32; 3] = [3, 5, 7];
+
+/// edu keeps doing DMA from its buffer into guest RAM, one transfer after the other. The host
+/// pauses the zone right after the guest started some of them: edu's transfer, which lands
+/// 100 ms after it starts, finds bus mastering off and writes nothing. After resume the loop
+/// goes on and its transfers land again.
+///
+/// How the host knows a transfer started: right after starting it, the guest writes edu's
+/// vendor ID, a write zones traps and refuses (one more in `config_writes_refused`). A console
+/// line is too slow for this: the serial port takes an interrupt a character.
+#[test]
+fn pause_stops_an_ongoing_dma_loop_and_resume_continues_it() {
+    let Some(address) = find(EDU) else {
+        return;
+    };
+    let z = Zone::builder()
+        .memory_mib(128)
+        .linux(common::boot().cmdline("memmap=1M$0x6000000"))
+        .gpu(Gpu::vfio(&address).expect_id(EDU.0, EDU.1).bind_vfio(true))
+        .deadline(common::scaled(Duration::from_secs(240)))
+        .build()
+        .expect("edu passed through");
+    let gpu = z.device::<GpuControl>().expect("the gpu control");
+    let script = format!(
+        r#"d=/sys/bus/pci/devices/0000:00:01.0
+b=$(head -1 $d/resource | cut -d' ' -f1)
+printf '\006' | dd of=$d/config bs=1 seek=4 conv=notrunc 2>/dev/null
+r() {{ busybox devmem $(( b + $1 )) ${{2:-32}}; }}
+w() {{ busybox devmem $(( b + $1 )) ${{3:-32}} $2; }}
+start() {{ w 0x80 $1 64; w 0x88 $2 64; w 0x90 8 64; w 0x98 $3 64; }}
+finish() {{ for i in $(seq 200); do [ $(( $(r 0x98 64) & 1 )) = 0 ] && return; sleep 0.05; done; echo stuck; }}
+busybox devmem {BUFFER} 64 {LOOP_PATTERN}
+start {BUFFER} 0x40000 1; finish
+for n in $(seq {LOOP_ROUNDS}); do
+  slot=$(( {LOOP_SLOTS} + 8 * n ))
+  busybox devmem $slot 64 0
+  start 0x40000 $slot 3
+  printf '\000\000' | dd of=$d/config bs=2 seek=0 conv=notrunc 2>/dev/null
+  finish
+  echo "round $n $(busybox devmem $slot 64)"
+done
+"#
+    );
+    let refused = || {
+        let m = z.metrics();
+        let gpu = m.devices.iter().find(|d| d.device == "gpu0");
+        gpu.and_then(|g| g.get("config_writes_refused"))
+            .unwrap_or(0)
+    };
+    if let Err(e) = z.wait_ready(common::scaled(Duration::from_secs(120))) {
+        panic!("{e}\n{}", z.console_text());
+    }
+    // The guest kernel's BAR sizing is over: from here, one refused write a started transfer.
+    let base = refused();
+    let (out, paused) = std::thread::scope(|s| {
+        let guest = s.spawn(|| sh(&z, &script));
+        let mut paused = Vec::new();
+        for n in PAUSED_ON {
+            let t = std::time::Instant::now();
+            while refused() < base + u64::from(n) && !guest.is_finished() {
+                assert!(
+                    t.elapsed() < common::scaled(Duration::from_secs(180)),
+                    "round {n} did not start:\n{}",
+                    z.console_text()
+                );
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            let seen = std::time::Instant::now();
+            z.pause().unwrap();
+            let took = seen.elapsed();
+            assert!(!gpu.bus_master(), "paused: bus mastering off");
+            // edu's transfer fires 100 ms after its start: long past while paused.
+            std::thread::sleep(Duration::from_secs(1));
+            z.resume().unwrap();
+            assert!(gpu.bus_master(), "resumed: bus mastering on");
+            paused.push((n, took));
+        }
+        (guest.join().expect("the guest's loop"), paused)
+    });
+    eprintln!("paused on (round, started to paused): {paused:?}\n{out}");
+    assert!(!out.contains("stuck"), "{out}");
+    let rounds: Vec<(u32, bool)> = out
+        .lines()
+        .filter_map(|l| {
+            let mut w = l.strip_prefix("round ")?.split_whitespace();
+            let n = w.next()?.parse().ok()?;
+            let value = w.next()?;
+            Some((n, value.eq_ignore_ascii_case(LOOP_PATTERN)))
+        })
+        .collect();
+    assert_eq!(rounds.len(), LOOP_ROUNDS as usize, "{out}");
+    // Every transfer the host did not pause on landed: the loop ran on after each resume.
+    for &(n, landed) in &rounds {
+        if !PAUSED_ON.contains(&n) {
+            assert!(landed, "round {n} (not paused) lost its transfer:\n{out}");
+        }
+    }
+    // The host pauses within milliseconds of the guest's signal: the transfer was still in flight
+    // (100 ms) on at least one of the paused rounds, and it wrote nothing.
+    let lost: Vec<u32> = rounds.iter().filter(|r| !r.1).map(|r| r.0).collect();
+    assert!(
+        !lost.is_empty(),
+        "every transfer landed although the zone was paused while it was in flight:\n{out}"
+    );
+    eprintln!("transfers lost to the pause: rounds {lost:?} of {PAUSED_ON:?}");
+}
