@@ -473,3 +473,119 @@ done
     );
     eprintln!("transfers lost to the pause: rounds {lost:?} of {PAUSED_ON:?}");
 }
+
+/// edu's INTx, for a guest that does not enable its MSI: the guest's own `uio_pci_generic`
+/// binds edu (it needs an interrupt line from the DSDT's `_PRT` and the INTx-disable bit
+/// working), and each interrupt edu raises reaches the guest's handler, which reads edu's own
+/// interrupt status bit and masks the line with the INTx-disable bit. The second interrupt
+/// arrives only if the user-space unmask (the command register, as the UIO how-to does it)
+/// reaches VFIO.
+#[test]
+fn edu_intx_reaches_the_guests_own_driver_twice() {
+    let Some(address) = find(EDU) else {
+        return;
+    };
+    let z = Zone::builder()
+        .memory_mib(128)
+        .linux(common::boot().module("uio_pci_generic"))
+        .gpu(Gpu::vfio(&address).expect_id(EDU.0, EDU.1).bind_vfio(true))
+        .deadline(common::scaled(Duration::from_secs(180)))
+        .build()
+        .expect("edu passed through");
+    let script = r#"d=/sys/bus/pci/devices/0000:00:01.0
+echo pin $(od -An -tu1 -j61 -N1 $d/config | tr -d ' ')
+echo '1234 11e8' > /sys/bus/pci/drivers/uio_pci_generic/new_id
+for i in $(seq 100); do [ -e /dev/uio0 ] && break; sleep 0.1; done
+ls -l $d/driver | sed 's/.*\///'
+b=$(head -1 $d/resource | cut -d' ' -f1)
+for n in 1 2; do
+  dd if=/dev/uio0 bs=4 count=1 of=/tmp/ev$n 2>/dev/null &
+  sleep 0.3
+  busybox devmem $(( b + 0x60 )) 32 1
+  for i in $(seq 100); do [ -s /tmp/ev$n ] && break; sleep 0.1; done
+  echo "event $n $(od -An -tu4 /tmp/ev$n 2>/dev/null | tr -d ' ')"
+  echo "status $(od -An -tx1 -j6 -N1 $d/config | tr -d ' ') command $(od -An -tx1 -j5 -N1 $d/config | tr -d ' ')"
+  busybox devmem $(( b + 0x64 )) 32 1
+  echo "status $(od -An -tx1 -j6 -N1 $d/config | tr -d ' ') after the ack"
+  printf '\000' | dd of=$d/config bs=1 seek=5 conv=notrunc 2>/dev/null
+done
+grep uio_pci_generic /proc/interrupts
+"#;
+    let out = sh(&z, script);
+    eprintln!("guest:\n{out}");
+    let host = std::fs::read_to_string("/proc/interrupts").expect("/proc/interrupts");
+    let intx = format!("vfio-intx({address})");
+    let line = host.lines().find(|l| l.contains(&intx)).unwrap_or("");
+    eprintln!("host: {line}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.first(), Some(&"pin 1"), "edu shows INTA#:\n{out}");
+    assert!(lines.contains(&"uio_pci_generic"), "bound:\n{out}");
+    assert!(lines.contains(&"event 1 1"), "the first interrupt:\n{out}");
+    // In the handler: edu's interrupt status (0x08) seen live, the line masked (INTx disable).
+    assert!(lines.contains(&"status 18 command 04"), "{out}");
+    assert!(lines.contains(&"status 10 after the ack"), "{out}");
+    assert!(
+        lines.contains(&"event 2 2"),
+        "the second interrupt (the line was unmasked):\n{out}\nconsole:\n{}",
+        z.console_text()
+    );
+    assert!(
+        !line.is_empty(),
+        "the host's INTx of edu: {intx} not in /proc/interrupts"
+    );
+}
+
+/// nvme on INTx: the guest kernel runs with `pci=nomsi`, so its nvme driver takes the device's
+/// INTx line for every queue. The driver acknowledges each interrupt at the device, never through
+/// the INTx-disable bit: every interrupt after the first reaches the guest only because KVM's
+/// resampler tells VFIO to unmask the line at the guest's end of interrupt.
+#[test]
+fn nvme_works_on_intx_alone() {
+    let Some(address) = find(NVME) else {
+        return;
+    };
+    let z = Zone::builder()
+        .memory_mib(256)
+        .linux(common::boot().module("nvme").cmdline("pci=nomsi"))
+        .gpu(
+            Gpu::vfio(&address)
+                .expect_id(NVME.0, NVME.1)
+                .bind_vfio(true),
+        )
+        .deadline(common::scaled(Duration::from_secs(180)))
+        .build()
+        .expect("nvme passed through");
+    let token = format!("zones-intx-{}", std::process::id());
+    let out = sh(
+        &z,
+        &format!(
+            "{WAIT_NVME}; printf '%s' {token} | dd of=/dev/nvme0n1 bs=512 seek={} conv=sync,fsync 2>/dev/null; \
+             echo 3 > /proc/sys/vm/drop_caches; \
+             dd if=/dev/nvme0n1 bs=512 skip={} count=1 2>/dev/null | head -c {}; echo; \
+             grep nvme /proc/interrupts",
+            AT / 512 + 8,
+            AT / 512 + 8,
+            token.len()
+        ),
+    );
+    let host = std::fs::read_to_string("/proc/interrupts").expect("/proc/interrupts");
+    let intx = format!("vfio-intx({address})");
+    let host_line = host.lines().find(|l| l.contains(&intx)).unwrap_or("");
+    eprintln!("guest:\n{out}\nhost: {host_line}");
+    let mut lines = out.lines();
+    assert_eq!(lines.next(), Some(token.as_str()), "{out}");
+    let guest = lines.collect::<Vec<_>>().join("\n");
+    assert!(
+        guest.contains("IO-APIC") && !guest.contains("MSI"),
+        "the guest's nvme on its INTx line:\n{guest}"
+    );
+    let count: u64 = host_line
+        .split_whitespace()
+        .skip(1)
+        .map_while(|n| n.parse::<u64>().ok())
+        .sum();
+    assert!(
+        count > 1,
+        "the host took more than one INTx of the nvme: {host_line:?}"
+    );
+}

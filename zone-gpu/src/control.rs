@@ -59,6 +59,8 @@ pub(crate) struct Device {
     paused: AtomicBool,
     quarantined: AtomicBool,
     stopped: AtomicBool,
+    /// The guest drives the INTx-disable bit (the device's INTx is routed to the zone).
+    intx: AtomicBool,
     /// Serializes writes of the device's command register.
     command_lock: Mutex<()>,
     mapped: Mutex<Vec<(u64, u64)>>,
@@ -75,6 +77,7 @@ impl Device {
             paused: AtomicBool::new(false),
             quarantined: AtomicBool::new(false),
             stopped: AtomicBool::new(false),
+            intx: AtomicBool::new(false),
             command_lock: Mutex::new(()),
             mapped: Mutex::new(Vec::new()),
         }
@@ -112,6 +115,13 @@ impl Device {
         Ok(())
     }
 
+    /// Whether the guest's INTx-disable bit reaches the device (while its INTx is routed to the
+    /// zone); otherwise the bit stays set.
+    pub(crate) fn set_intx(&self, routed: bool) {
+        self.intx.store(routed, Ordering::SeqCst);
+        self.apply_command();
+    }
+
     /// The guest wrote the command register.
     pub(crate) fn set_guest_command(&self, value: u16) {
         self.guest_command.store(value, Ordering::SeqCst);
@@ -119,15 +129,19 @@ impl Device {
     }
 
     /// Writes the device's command register: the guest's memory decoding and bus mastering,
-    /// bus mastering only while containment allows DMA, INTx always disabled.
+    /// bus mastering only while containment allows DMA, INTx disabled unless it is routed to the
+    /// zone (then as the guest wants it: VFIO turns the bit into its own mask of the line).
     fn apply_command(&self) {
         let _serial = self.command_lock.lock().unwrap_or_else(|e| e.into_inner());
-        let mut value =
-            self.guest_command.load(Ordering::SeqCst) & (command::MEMORY | command::BUS_MASTER);
+        let guest = self.guest_command.load(Ordering::SeqCst);
+        let mut value = guest & (command::MEMORY | command::BUS_MASTER);
         if !self.dma_allowed() {
             value &= !command::BUS_MASTER;
         }
-        value |= command::INTX_DISABLE;
+        value |= match self.intx.load(Ordering::SeqCst) {
+            true => guest & command::INTX_DISABLE,
+            false => command::INTX_DISABLE,
+        };
         self.vfio
             .region_write(CONFIG_REGION, &value.to_le_bytes(), 4);
     }

@@ -1,6 +1,7 @@
 //! Attaching a device from a builder extension: [`Attachment`], and what zone-core gives it while
 //! the zone is built.
 
+use super::intx::IntxLine;
 use super::msi::{MsiError, MsiRouter, MsiVector};
 use super::pci::PciFunction;
 use super::{DeviceControl, DeviceHost, VirtioDevice};
@@ -78,6 +79,8 @@ impl GuestSetup<'_> {
 pub struct AttachContext {
     pub(crate) host: DeviceHost,
     pub(crate) msi: Option<Arc<MsiRouter>>,
+    /// The GSI of the function's INTA# (a PCI function's slot decides it).
+    pub(crate) intx_gsi: Option<u32>,
     pub(crate) memory: vm_memory::GuestMemoryMmap,
 }
 
@@ -110,6 +113,16 @@ impl AttachContext {
         match &self.msi {
             Some(router) => router.vector(),
             None => Err(MsiError::NotPci),
+        }
+    }
+
+    /// The function's INTA# line (a level-triggered IOAPIC pin, see [`IntxLine`]), for a PCI
+    /// function that reports interrupt pin 1 (INTA#) in its header. The guest finds the line
+    /// through the DSDT's `_PRT`. Only attachments on [`Transport::Pci`] get one.
+    pub fn intx_line(&self) -> Result<IntxLine, MsiError> {
+        match (&self.msi, self.intx_gsi) {
+            (Some(router), Some(gsi)) => IntxLine::new(router.vm().clone(), gsi),
+            _ => Err(MsiError::NotPci),
         }
     }
 }

@@ -53,6 +53,7 @@ mod attach;
 mod control;
 mod host;
 pub(crate) mod interrupt;
+mod intx;
 mod msi;
 pub mod pci;
 mod virtio;
@@ -64,6 +65,7 @@ pub use control::{DeviceControl, DeviceCounters, DeviceEvidence};
 pub use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
 pub use host::DeviceHost;
 pub use interrupt::Interrupt;
+pub use intx::IntxLine;
 pub use msi::{MAX_MSI_VECTORS, MsiError, MsiVector};
 pub use virtio::{
     ActivateError, Activation, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX, VirtioDevice,

@@ -70,6 +70,11 @@ impl MsiRouter {
     }
 
     /// A new vector: a GSI and its irqfd, not yet routed.
+    /// The VM the routes are set on.
+    pub(crate) fn vm(&self) -> &Arc<VmHandle> {
+        &self.vm
+    }
+
     pub(crate) fn vector(self: &Arc<Self>) -> Result<MsiVector, MsiError> {
         let gsi = {
             let mut t = self.table.lock().unwrap_or_else(|e| e.into_inner());

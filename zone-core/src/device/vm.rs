@@ -66,6 +66,25 @@ impl VmHandle {
         unsafe { self.ioctl(KVM_IRQFD, &irqfd) }
     }
 
+    /// Wires `evt` to level-triggered `gsi` with KVM's resampler: a write to `evt` asserts the
+    /// line, the guest's end of interrupt deasserts it and signals `resample` (an INTx line).
+    pub(crate) fn irqfd_resample(
+        &self,
+        evt: &EventFd,
+        resample: &EventFd,
+        gsi: u32,
+    ) -> std::io::Result<()> {
+        let irqfd = kvm_irqfd {
+            fd: evt.as_raw_fd() as u32,
+            gsi,
+            flags: kvm_bindings::KVM_IRQFD_FLAG_RESAMPLE,
+            resamplefd: resample.as_raw_fd() as u32,
+            ..Default::default()
+        };
+        // SAFETY: KVM_IRQFD reads a `struct kvm_irqfd`, which lives across the call.
+        unsafe { self.ioctl(KVM_IRQFD, &irqfd) }
+    }
+
     /// Replaces the VM's GSI routing table with `routing`.
     pub(crate) fn set_gsi_routing(&self, routing: &KvmIrqRouting) -> std::io::Result<()> {
         // SAFETY: KVM_SET_GSI_ROUTING reads the header and its `nr` entries, which the fam

@@ -123,13 +123,28 @@ fn pci_devices(pci: &PciRoot) -> [Vec<u8>; 2] {
     );
     let crs = aml::ResourceTemplate::new(vec![&bus, &low, &high]);
     let crs = aml::Name::new("_CRS".into(), &crs);
+    let prt = aml::Name::new("_PRT".into(), &routing());
     let root = bytes(&aml::Device::new(
         "PCI0".into(),
-        vec![&hid, &cid, &adr, &seg, &uid, &bbn, &crs],
+        vec![&hid, &cid, &adr, &seg, &uid, &bbn, &crs, &prt],
     ));
     let ecam = aml::Memory32Fixed::new(true, layout::PCI_ECAM as u32, layout::PCI_ECAM_SIZE as u32);
     let mbrd = device("MBRD", &aml::EISAName::new("PNP0C02"), 0, &[&ecam]);
     [root, mbrd]
+}
+
+/// The `_PRT` of bus 0: pin `p` (0 INTA# .. 3 INTD#) of every slot to its IOAPIC pin, no link
+/// devices (`Package { slot << 16 | 0xffff, p, Zero, gsi }`).
+fn routing() -> aml::PackageBuilder {
+    let mut prt = aml::PackageBuilder::new();
+    for slot in 1..=super::pci::MAX_FUNCTIONS as u8 {
+        for pin in 0..4u8 {
+            let address = (u32::from(slot) << 16) | 0xffff;
+            let gsi = layout::pci_intx_gsi(slot, pin + 1);
+            prt.add_element(&aml::Package::new(vec![&address, &pin, &aml::ZERO, &gsi]));
+        }
+    }
+    prt
 }
 
 fn mcfg() -> Vec<u8> {
@@ -334,7 +349,15 @@ mod tests {
         let dsdt = find(u64_at(fadt, 140));
         assert!(checksum_ok(dsdt));
         let has = |needle: &[u8]| dsdt.windows(needle.len()).any(|w| w == needle);
-        assert!(has(b"PCI0") && has(b"MBRD") && has(b"_CRS") && has(b"_BBN"));
+        assert!(has(b"PCI0") && has(b"MBRD") && has(b"_CRS") && has(b"_BBN") && has(b"_PRT"));
+        // INTA# of slot 1: Package (4) { 0x0001ffff, Zero, Zero, 21 }.
+        let slot1 = [
+            0x12, 0x0b, 0x04, 0x0c, 0xff, 0xff, 0x01, 0x00, 0x00, 0x00, 0x0a, 21,
+        ];
+        assert!(
+            dsdt.windows(slot1.len()).any(|w| w == slot1),
+            "slot 1's INTA# route"
+        );
         // PNP0A08 and PNP0C02 as compressed EISA IDs.
         assert!(has(&[0x41, 0xd0, 0x0a, 0x08]) && has(&[0x41, 0xd0, 0x0c, 0x02]));
         // The 64-bit window as a QWord descriptor: min, max, length.

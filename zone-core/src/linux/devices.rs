@@ -58,6 +58,8 @@ pub(crate) struct VirtioBus<'a> {
     devices: Arc<Devices>,
     pub(crate) mmio: Bus,
     pub(crate) described: Vec<MmioDevice>,
+    /// The first GSI virtio devices do not get (PCI INTx's pins, with a PCI bus).
+    gsi_end: u32,
 }
 
 impl<'a> VirtioBus<'a> {
@@ -66,8 +68,13 @@ impl<'a> VirtioBus<'a> {
         mem: &'a GuestMemoryMmap,
         zone: &'a str,
         shared: &'a Arc<ZoneShared>,
+        pci: bool,
     ) -> Self {
         Self {
+            gsi_end: match pci {
+                true => layout::PCI_INTX_GSI,
+                false => layout::IOAPIC_PINS,
+            },
             vm,
             mem,
             zone,
@@ -86,7 +93,7 @@ impl<'a> VirtioBus<'a> {
     ) -> Result<(), LinuxError> {
         let index = self.described.len() as u32;
         let gsi = layout::FIRST_DEVICE_GSI + index;
-        if gsi >= layout::IOAPIC_PINS {
+        if gsi >= self.gsi_end {
             return Err(LinuxError::TooManyDevices(index as usize + 1));
         }
         let base = layout::virtio_mmio_base(index);
@@ -209,6 +216,12 @@ impl Attachments {
                 host: DeviceHost::new(zone, &device, Arc::downgrade(shared)),
                 msi: match (declared, &pci) {
                     (Transport::Pci, Some((_, router))) => Some(router.clone()),
+                    _ => None,
+                },
+                intx_gsi: match (declared, &pci) {
+                    (Transport::Pci, Some((bus, _))) => {
+                        Some(layout::pci_intx_gsi(bus.next_slot(), 1))
+                    }
                     _ => None,
                 },
                 memory: virtio.mem.clone(),

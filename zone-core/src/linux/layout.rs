@@ -63,6 +63,14 @@ pub(crate) const FIRST_DEVICE_GSI: u32 = 5;
 pub(crate) const SERIAL_GSI: u32 = 4;
 /// IOAPIC pins.
 pub(crate) const IOAPIC_PINS: u32 = 24;
+/// The IOAPIC pins of PCI INTx (20-23): a zone with a PCI bus keeps them from virtio devices.
+pub(crate) const PCI_INTX_GSI: u32 = 20;
+
+/// The GSI of interrupt pin `pin` (1 INTA# .. 4 INTD#) of the function in slot `slot`: the pins
+/// of a slot rotate over GSIs 20-23 as PCI's swizzle does (the DSDT's `_PRT` says the same).
+pub(crate) fn pci_intx_gsi(slot: u8, pin: u8) -> u32 {
+    PCI_INTX_GSI + (u32::from(slot) + u32::from(pin.clamp(1, 4)) - 1) % 4
+}
 /// I/O port of the ACPI sleep-control/reset register.
 pub(crate) const ACPI_PM_PORT: u16 = 0x3c0;
 /// I/O ports of COM1.
@@ -158,6 +166,11 @@ mod tests {
         assert!(virtio_mmio_base(31) + VIRTIO_MMIO_SIZE < IOAPIC);
         assert!(virtio_mmio_base(31) + VIRTIO_MMIO_SIZE <= PCI_ECAM);
         const { assert!(PCI_ECAM + PCI_ECAM_SIZE <= IOAPIC) };
+        const { assert!(PCI_INTX_GSI + 4 == IOAPIC_PINS) };
+        assert_eq!(pci_intx_gsi(1, 1), 21);
+        assert_eq!(pci_intx_gsi(1, 4), 20);
+        assert_eq!(pci_intx_gsi(3, 1), 23);
+        assert!((0..32).all(|slot| (1..=4).all(|pin| (20..24).contains(&pci_intx_gsi(slot, pin)))));
         const { assert!(KVM_TSS > MMIO_START && KVM_TSS > LAPIC) };
     }
 }

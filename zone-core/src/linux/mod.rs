@@ -597,7 +597,7 @@ pub(crate) fn build(
 
     let shared = s.shared(&mem);
     let pio = devices::legacy(&vm.fd, &shared).map_err(err)?;
-    let mut virtio = devices::VirtioBus::new(&vm.fd, &mem, &s.zone, &shared);
+    let mut virtio = devices::VirtioBus::new(&vm.fd, &mem, &s.zone, &shared, guest.pci);
     if with_agent {
         let backend = Arc::new(
             Backend::new(devices::GUEST_CID).map_err(|e| err(LinuxError::Device(e.to_string())))?,

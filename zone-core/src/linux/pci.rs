@@ -18,7 +18,7 @@ use std::ops::Range;
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 /// Device numbers on bus 0: 0 is the host bridge.
-const MAX_FUNCTIONS: usize = 31;
+pub(crate) const MAX_FUNCTIONS: usize = 31;
 
 /// Why a function could not be put on the bus.
 #[derive(Debug, thiserror::Error)]
@@ -200,6 +200,11 @@ impl PciBusBuilder {
         }
         self.functions.push(function);
         Ok(self.functions.len() as u8)
+    }
+
+    /// The device number the next function gets.
+    pub(crate) fn next_slot(&self) -> u8 {
+        self.functions.len() as u8 + 1
     }
 
     /// The 32-bit and 64-bit windows, for the DSDT.

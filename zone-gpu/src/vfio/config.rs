@@ -41,6 +41,8 @@ pub(crate) struct Layout {
     pub(crate) msi: bool,
     /// The body of the device's PCI Express capability (after ID and next pointer).
     pub(crate) pcie: Option<Vec<u8>>,
+    /// The device has an interrupt pin (INTx).
+    pub(crate) intx: bool,
 }
 
 fn u16_at(raw: &[u8], at: usize) -> u16 {
@@ -65,7 +67,7 @@ pub(crate) fn layout(raw: &[u8], region_size: impl Fn(usize) -> u64) -> Layout {
         class,
         subsystem_vendor_id: u16_at(raw, 0x2c),
         subsystem_id: u16_at(raw, 0x2e),
-        // No INTx: the zone's bus routes MSI and MSI-X only.
+        // INTA# once the device's INTx is routed to the zone (see `Layout::intx`).
         interrupt_pin: 0,
     };
     let mut bars = [None; 6];
@@ -100,6 +102,7 @@ pub(crate) fn layout(raw: &[u8], region_size: impl Fn(usize) -> u64) -> Layout {
         pcie: capability(raw, PCIE_CAPABILITY_ID)
             .and_then(|at| raw.get(at + 2..at + PCIE_CAPABILITY_LEN))
             .map(<[u8]>::to_vec),
+        intx: raw.get(0x3d).is_some_and(|pin| (1..=4).contains(pin)),
     }
 }
 

@@ -1,7 +1,9 @@
 //! The passed-through function, on vfio-ioctls: a type1 container holding the device's group,
 //! every guest RAM region mapped for DMA at its guest-physical address, the BARs' mmap-able parts
 //! mapped into the guest and the rest trapped and forwarded to the device's regions, MSI-X (or
-//! MSI) emulated and its vectors handed to VFIO as the eventfds of KVM-routed vectors.
+//! MSI) emulated and its vectors handed to VFIO as the eventfds of KVM-routed vectors; its INTx
+//! handed to VFIO as the eventfds of the function's level-triggered line while MSI and MSI-X
+//! are off (VFIO takes one kind at a time).
 
 mod config;
 pub(crate) mod iova;
@@ -17,10 +19,14 @@ use zone_core::device::pci::{
     BarMapping, ConfigChange, ConfigSpace, MSI_CAPABILITY_ID, MSIX_CAPABILITY_ID, PciFunction,
     RoutedMsi, RoutedMsix,
 };
-use zone_core::device::{AttachContext, DeviceHost};
+use zone_core::device::{AttachContext, DeviceHost, IntxLine};
 
 /// VFIO's region index of the configuration space (`VFIO_PCI_CONFIG_REGION_INDEX`).
 pub(crate) const CONFIG_REGION: u32 = 7;
+/// VFIO's interrupt index of INTx (`VFIO_PCI_INTX_IRQ_INDEX`).
+const INTX: u32 = 0;
+/// Status bit: the function asserts its INTx.
+const STATUS_INTERRUPT: u8 = 1 << 3;
 
 /// The function on the zone's PCI bus.
 pub(crate) struct Passthrough {
@@ -33,6 +39,10 @@ pub(crate) struct Passthrough {
     msi: Option<(RoutedMsi, u16)>,
     /// Whether the device's own MSI is enabled (with the vector's eventfd).
     device_msi: bool,
+    /// The function's INTx line, where the device has INTx and VFIO routes it.
+    intx: Option<IntxLine>,
+    /// Whether the device's INTx is enabled in VFIO (with the line's eventfds).
+    device_intx: bool,
     /// The BARs' mmap-able parts, which the guest reaches without a trap.
     mmaps: mmap::Mmaps,
     /// The zone's event stream, for refused guest writes.
@@ -98,13 +108,38 @@ pub(crate) fn open(
     device.stats.set_dma_map_time(mapping.elapsed());
     let mut raw = [0u8; 256];
     device.vfio.region_read(CONFIG_REGION, &mut raw, 0);
-    let layout = config::layout(&raw, |i| device.vfio.get_region_size(i as u32));
+    let mut layout = config::layout(&raw, |i| device.vfio.get_region_size(i as u32));
     let fail = |what: &str, e: &dyn std::fmt::Display| GpuError::Vfio {
         address: address.clone(),
         detail: format!("{what}: {e}"),
     };
-    let config::GuestSpace { config, msix, msi } =
-        config::guest_space(&layout).map_err(|e| fail("describing the function", &e))?;
+    let intx = match layout.intx {
+        true => match intx_line(&device, cx) {
+            Ok(line) => Some(line),
+            // Without MSI or MSI-X, INTx is the device's only interrupt: no silent downgrade.
+            Err(e) if layout.msix.is_none() && !layout.msi => {
+                return Err(fail("INTx (the device has no MSI or MSI-X)", &e));
+            }
+            Err(e) => {
+                tracing::warn!(target: "zones::device", address = %address, error = %e, "INTx not routed; the guest has MSI or MSI-X");
+                None
+            }
+        },
+        false => None,
+    };
+    if intx.is_some() {
+        layout.header.interrupt_pin = 1;
+    }
+    let config::GuestSpace {
+        mut config,
+        msix,
+        msi,
+    } = config::guest_space(&layout).map_err(|e| fail("describing the function", &e))?;
+    if let Some(line) = &intx {
+        // What firmware writes there: the line's IOAPIC pin (Linux reads the DSDT's _PRT).
+        let _ = config.set_bytes(0x3c, &[line.gsi() as u8]);
+        device.set_intx(true);
+    }
     let msi = match msi {
         Some(at) => Some((RoutedMsi::new(cx).map_err(|e| fail("MSI vector", &e))?, at)),
         None => None,
@@ -129,12 +164,34 @@ pub(crate) fn open(
             device_msix: false,
             msi,
             device_msi: false,
+            device_intx: intx.is_some(),
+            intx,
             mmaps,
             host: cx.host(),
             reported: HashSet::new(),
         },
         control,
     ))
+}
+
+/// The function's INTx line, with the device's INTx enabled in VFIO on it.
+fn intx_line(device: &Device, cx: &AttachContext) -> Result<IntxLine, String> {
+    let line = cx.intx_line().map_err(|e| e.to_string())?;
+    vfio_intx(&device.vfio, &line, true).map_err(|e| e.to_string())?;
+    Ok(line)
+}
+
+/// Enables the device's INTx in VFIO on `line` (its trigger, and its resample as VFIO's unmask),
+/// or disables it.
+fn vfio_intx(vfio: &VfioDevice, line: &IntxLine, enable: bool) -> Result<(), VfioError> {
+    if !enable {
+        return vfio.disable_irq(INTX);
+    }
+    vfio.enable_irq(INTX, vec![line.trigger()])?;
+    vfio.set_irq_resample_fd(INTX, vec![line.resample()])
+        .inspect_err(|_| {
+            let _ = vfio.disable_irq(INTX);
+        })
 }
 
 /// Refuses guest RAM that covers reserved I/O addresses (see [`iova`]).
@@ -208,6 +265,12 @@ impl Passthrough {
         if want == self.device_msix {
             return;
         }
+        if want {
+            self.sync_device_intx(false);
+        }
+        let Some((routed, _, _)) = self.msix.as_ref() else {
+            return;
+        };
         let result = match want {
             true => {
                 let fds = (0..routed.msix().vectors())
@@ -223,6 +286,24 @@ impl Passthrough {
                 tracing::warn!(target: "zones::device", error = %e, enable = want, "VFIO MSI-X")
             }
         }
+        self.sync_device_intx(!self.device_msix && !self.device_msi);
+    }
+
+    /// Enables or disables the device's INTx in VFIO (where it is routed), as MSI and MSI-X
+    /// leave it: VFIO enables one kind of interrupt at a time.
+    fn sync_device_intx(&mut self, want: bool) {
+        let Some(line) = self.intx.as_ref() else {
+            return;
+        };
+        if want == self.device_intx {
+            return;
+        }
+        match vfio_intx(&self.device.vfio, line, want) {
+            Ok(()) => self.device_intx = want,
+            Err(e) => {
+                tracing::warn!(target: "zones::device", error = %e, enable = want, "VFIO INTx")
+            }
+        }
     }
 
     /// Follows the guest's MSI enable on the device: the vector's eventfd while enabled.
@@ -234,6 +315,12 @@ impl Passthrough {
         if want == self.device_msi {
             return;
         }
+        if want {
+            self.sync_device_intx(false);
+        }
+        let Some((routed, _)) = self.msi.as_ref() else {
+            return;
+        };
         let result = match want {
             true => self.device.vfio.enable_msi(vec![routed.vector().eventfd()]),
             false => self.device.vfio.disable_msi(),
@@ -244,6 +331,7 @@ impl Passthrough {
                 tracing::warn!(target: "zones::device", error = %e, enable = want, "VFIO MSI")
             }
         }
+        self.sync_device_intx(!self.device_msix && !self.device_msi);
     }
 }
 
@@ -259,6 +347,21 @@ impl PciFunction for Passthrough {
 
     fn config_mut(&mut self) -> &mut ConfigSpace {
         &mut self.config
+    }
+
+    fn config_read(&mut self, offset: u16, data: &mut [u8]) {
+        let value = self.config.read(offset, data.len()).to_le_bytes();
+        let n = data.len().min(4);
+        data[..n].copy_from_slice(&value[..n]);
+        // Where INTx is routed, the status register's interrupt bit is the device's own: an INTx
+        // handler (shared lines, uio_pci_generic) reads it to know whether its device asserts.
+        const STATUS: u16 = 6;
+        if self.intx.is_some() && (offset..offset + n as u16).contains(&STATUS) {
+            let mut status = [0u8];
+            self.device.vfio.region_read(CONFIG_REGION, &mut status, 6);
+            let at = usize::from(STATUS - offset);
+            data[at] = (data[at] & !STATUS_INTERRUPT) | (status[0] & STATUS_INTERRUPT);
+        }
     }
 
     fn config_write(&mut self, offset: u16, data: &[u8]) -> Option<ConfigChange> {
@@ -337,6 +440,10 @@ impl Drop for Passthrough {
         if self.device_msi {
             let _ = self.device.vfio.disable_msi();
         }
+        if self.device_intx {
+            let _ = self.device.vfio.disable_irq(INTX);
+        }
+        self.device.set_intx(false);
         self.device.release();
     }
 }
