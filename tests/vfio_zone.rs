@@ -14,6 +14,18 @@ const NVME: (u16, u16) = (0x1b36, 0x0010);
 /// Where the guest writes, in bytes from the start of the namespace.
 const AT: u64 = 1 << 20;
 
+/// One test at a time per device: a device passes to one zone at a time, and the tests of this
+/// file run in parallel.
+static DEVICES: [std::sync::Mutex<()>; 2] = [std::sync::Mutex::new(()), std::sync::Mutex::new(())];
+
+/// The device with `id` for this test alone (until the guard drops), when the lab's passthrough
+/// variant runs.
+fn take(id: (u16, u16)) -> Option<(String, std::sync::MutexGuard<'static, ()>)> {
+    let address = find(id)?;
+    let lock = &DEVICES[usize::from(id == EDU)];
+    Some((address, lock.lock().unwrap_or_else(|e| e.into_inner())))
+}
+
 /// The address of the first device with `id`, when the lab's passthrough variant runs.
 fn find(id: (u16, u16)) -> Option<String> {
     if std::env::var("LAB_VFIO").ok().as_deref() != Some("1") {
@@ -72,7 +84,7 @@ const WAIT_NVME: &str =
 
 #[test]
 fn nvme_passes_through_its_driver_binds_with_msix_and_writes_reach_the_disk() {
-    let Some(address) = find(NVME) else {
+    let Some((address, _device)) = take(NVME) else {
         return;
     };
     let image = std::env::var("LAB_NVME_IMG").expect("lab/test names the nvme's backing file");
@@ -141,13 +153,58 @@ fn nvme_passes_through_its_driver_binds_with_msix_and_writes_reach_the_disk() {
         lines.collect::<Vec<_>>().join("\n")
     );
 
-    // The guest sees a PCI Express device (the read-only copy of its capability): the PCIe link
+    // The guest sees a PCI Express device (its own capability, through VFIO): the PCIe link
     // attributes exist only for such devices.
     let link = sh(
         &z,
         "cat /sys/bus/pci/devices/0000:00:01.0/current_link_speed",
     );
     eprintln!("guest: the nvme's link speed: {link}");
+
+    // The device's own capabilities reach the guest through VFIO, in the device's list, the
+    // emulated MSI-X in its place; a write to the PCI Express device control 2 register (its
+    // TLP-prefix blocking bit flipped, a bit VFIO passes and QEMU's nvme keeps) reaches the
+    // device.
+    let caps = sh(
+        &z,
+        r#"d=/sys/bus/pci/devices/0000:00:01.0
+b() { od -An -tu1 -j$1 -N1 $d/config | tr -d ' '; }
+c=$(b 52); ids=""; pcie=0
+for i in $(seq 48); do [ "$c" = 0 ] && break; id=$(printf '%02x' $(b $c)); ids="$ids $id"; [ $id = 10 ] && pcie=$c; c=$(( $(b $((c + 1))) & 252 )); done
+echo caps$ids
+echo pcie $pcie
+o=$((pcie + 41)); v=$(b $o)
+printf "\\$(printf '%03o' $(( v ^ 128 )))" | dd of=$d/config bs=1 count=1 seek=$o conv=notrunc 2>/dev/null
+echo devctl2 $v $(b $o)"#,
+    );
+    eprintln!("guest: {caps}");
+    let field = |name: &str| {
+        caps.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .unwrap_or("")
+            .trim()
+            .to_string()
+    };
+    let ids = field("caps ");
+    assert!(
+        ids.split(' ').any(|id| id == "10") && ids.split(' ').any(|id| id == "11"),
+        "PCIe and MSI-X in the guest's list: {caps}"
+    );
+    let pcie: usize = field("pcie ").parse().unwrap_or(0);
+    let devctl: Vec<u8> = field("devctl2 ")
+        .split(' ')
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    assert!(
+        pcie >= 0x40 && devctl.len() == 2 && devctl[1] == devctl[0] ^ 0x80,
+        "the guest's device control write: {caps}"
+    );
+    let host = std::fs::read(format!("/sys/bus/pci/devices/{address}/config")).expect("config");
+    assert_eq!(
+        host.get(pcie + 41).copied(),
+        Some(devctl[1]),
+        "the device's own device control 2 register (the lab's view)"
+    );
 
     // Containment: bus mastering (the device's DMA) off while paused, back on resume.
     let gpu = z.device::<GpuControl>().expect("the gpu control");
@@ -241,7 +298,7 @@ const MSI_VECTOR: u32 = 0xde;
 
 #[test]
 fn edu_computes_its_dma_reaches_guest_memory_but_nothing_outside_it_and_its_msi_arrives() {
-    let Some(address) = find(EDU) else {
+    let Some((address, _device)) = take(EDU) else {
         return;
     };
     let z = Zone::builder()
@@ -379,7 +436,7 @@ const PAUSED_ON: [u32; 3] = [3, 5, 7];
 /// line is too slow for this: the serial port takes an interrupt a character.
 #[test]
 fn pause_stops_an_ongoing_dma_loop_and_resume_continues_it() {
-    let Some(address) = find(EDU) else {
+    let Some((address, _device)) = take(EDU) else {
         return;
     };
     let z = Zone::builder()
@@ -482,7 +539,7 @@ done
 /// reaches VFIO.
 #[test]
 fn edu_intx_reaches_the_guests_own_driver_twice() {
-    let Some(address) = find(EDU) else {
+    let Some((address, _device)) = take(EDU) else {
         return;
     };
     let z = Zone::builder()
@@ -541,7 +598,7 @@ grep uio_pci_generic /proc/interrupts
 /// resampler tells VFIO to unmask the line at the guest's end of interrupt.
 #[test]
 fn nvme_works_on_intx_alone() {
-    let Some(address) = find(NVME) else {
+    let Some((address, _device)) = take(NVME) else {
         return;
     };
     let z = Zone::builder()

@@ -18,6 +18,8 @@ pub(crate) struct Stats {
     bar_reads: AtomicU64,
     bar_writes: AtomicU64,
     config_refused: AtomicU64,
+    config_device_reads: AtomicU64,
+    config_device_writes: AtomicU64,
     direct: AtomicU64,
     dma_map_us: AtomicU64,
 }
@@ -44,6 +46,16 @@ impl Stats {
 
     pub(crate) fn config_refused(&self) {
         self.config_refused.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A guest configuration read that reached the device (its own capabilities, extended space).
+    pub(crate) fn config_device_read(&self) {
+        self.config_device_reads.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A guest configuration write passed to VFIO.
+    pub(crate) fn config_device_write(&self) {
+        self.config_device_writes.fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -263,6 +275,14 @@ impl DeviceControl for GpuControl {
             (
                 "config_writes_refused",
                 s.config_refused.load(Ordering::Relaxed),
+            ),
+            (
+                "config_device_reads",
+                s.config_device_reads.load(Ordering::Relaxed),
+            ),
+            (
+                "config_device_writes",
+                s.config_device_writes.load(Ordering::Relaxed),
             ),
             ("resettable", u64::from(self.resettable)),
         ]

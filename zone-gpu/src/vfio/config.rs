@@ -1,17 +1,30 @@
-//! The guest's view of a passed-through function's configuration space, built from the device's
-//! own: its IDs and class, its memory BARs (sizes from VFIO), and an emulated MSI-X capability
-//! where the device has MSI-X, or else an emulated MSI capability (one vector) where it has MSI;
-//! and a read-only copy of its PCI Express capability (drivers read the device's PCIe type and
-//! link from it; the guest writes none of it). Nothing else of the device's space is shown.
+//! The guest's view of a passed-through function's configuration space. zones emulates the
+//! header (IDs and class, its memory BARs with sizes from VFIO, the command register, the
+//! interrupt pin) and, in place at the device's own offsets, the MSI-X capability and the MSI
+//! capability (one vector): their vectors are KVM routes. Everything else, the device's other
+//! capabilities (power management, PCI Express, vendor-specific ones) and its extended space,
+//! passes through to VFIO, whose permission tables decide what reaches the device, as for QEMU
+//! and Cloud Hypervisor. The capability list is the device's, as VFIO shows it.
 
+use std::ops::Range;
 use zone_core::device::pci::{
     Bar, BarKind, ConfigSpace, Header, MSI_CAPABILITY_ID, MSIX_CAPABILITY_ID, Msix, PciError,
     msi_capability,
 };
 
-/// Where the device keeps its MSI-X table and PBA.
+/// The header's end: configuration offsets below it are zones'.
+pub(crate) const HEADER_END: u16 = 0x40;
+/// Bytes of the emulated MSI capability (64-bit, one vector, no masking).
+const MSI_LEN: usize = 14;
+/// Bytes of an MSI-X capability.
+const MSIX_LEN: usize = 12;
+
+/// Where the device keeps its MSI-X capability, table and PBA.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct MsixPlace {
+    /// The capability's offset and next pointer.
+    pub(crate) at: u16,
+    pub(crate) next: u8,
     pub(crate) vectors: u16,
     pub(crate) table_bar: usize,
     pub(crate) table_offset: u64,
@@ -36,11 +49,12 @@ impl MsixPlace {
 pub(crate) struct Layout {
     pub(crate) header: Header,
     pub(crate) bars: [Option<Bar>; 6],
+    /// The device's capabilities pointer (0: none).
+    pub(crate) capabilities: u8,
     pub(crate) msix: Option<MsixPlace>,
-    /// The device has an MSI capability.
-    pub(crate) msi: bool,
-    /// The body of the device's PCI Express capability (after ID and next pointer).
-    pub(crate) pcie: Option<Vec<u8>>,
+    /// The device's MSI capability (offset, next pointer), where the emulated one fits in its
+    /// place.
+    pub(crate) msi: Option<(u16, u8)>,
     /// The device has an interrupt pin (INTx).
     pub(crate) intx: bool,
 }
@@ -94,49 +108,57 @@ pub(crate) fn layout(raw: &[u8], region_size: impl Fn(usize) -> u64) -> Layout {
         }
         i += if wide { 2 } else { 1 };
     }
+    let chain = chain(raw);
+    let next = |at: usize| raw.get(at + 1).copied().unwrap_or(0) & 0xfc;
+    let fits = |at: usize, len: usize| {
+        at + len <= 0x100 && !chain.iter().any(|&(o, _)| o > at && o < at + len)
+    };
+    let msi = chain
+        .iter()
+        .find(|c| c.1 == MSI_CAPABILITY_ID)
+        .filter(|c| fits(c.0, MSI_LEN))
+        .map(|c| (c.0 as u16, next(c.0)));
     Layout {
         header,
         bars,
-        msix: msix_place(raw, &bars),
-        msi: capability(raw, MSI_CAPABILITY_ID).is_some(),
-        pcie: capability(raw, PCIE_CAPABILITY_ID)
-            .and_then(|at| raw.get(at + 2..at + PCIE_CAPABILITY_LEN))
-            .map(<[u8]>::to_vec),
+        capabilities: match chain.first() {
+            Some(&(at, _)) => at as u8,
+            None => 0,
+        },
+        msix: chain
+            .iter()
+            .find(|c| c.1 == MSIX_CAPABILITY_ID)
+            .filter(|c| fits(c.0, MSIX_LEN))
+            .and_then(|c| msix_place(raw, c.0, next(c.0), &bars)),
+        msi,
         intx: raw.get(0x3d).is_some_and(|pin| (1..=4).contains(pin)),
     }
 }
 
-/// PCI Express capability ID.
-const PCIE_CAPABILITY_ID: u8 = 0x10;
-/// Length of a version 2 PCI Express capability, ID and next pointer included.
-const PCIE_CAPABILITY_LEN: usize = 0x3c;
-
-/// The offset of the device's first capability `id`, walking at most 48 entries inside the
-/// standard space.
-fn capability(raw: &[u8], id: u8) -> Option<usize> {
+/// The device's capabilities `(offset, id)` in list order, walking at most 48 entries inside
+/// the standard space; a list that leaves it or loops ends there.
+fn chain(raw: &[u8]) -> Vec<(usize, u8)> {
     const STATUS_CAPABILITIES: u16 = 1 << 4;
+    let mut out: Vec<(usize, u8)> = Vec::new();
     if u16_at(raw, 0x06) & STATUS_CAPABILITIES == 0 {
-        return None;
+        return out;
     }
-    let mut at = usize::from(raw.get(0x34).copied()? & 0xfc);
-    for _ in 0..48 {
-        if !(0x40..0x100).contains(&at) {
-            return None;
-        }
-        if raw.get(at).copied()? == id {
-            return Some(at);
-        }
-        at = usize::from(raw.get(at + 1).copied()? & 0xfc);
+    let mut at = usize::from(raw.get(0x34).copied().unwrap_or(0) & 0xfc);
+    while out.len() < 48 && (0x40..0x100).contains(&at) && !out.iter().any(|c| c.0 == at) {
+        let Some(&id) = raw.get(at) else { break };
+        out.push((at, id));
+        at = usize::from(raw.get(at + 1).copied().unwrap_or(0) & 0xfc);
     }
-    None
+    out
 }
 
-/// The MSI-X capability, if the device has one whose table and PBA lie in BARs it shows.
-fn msix_place(raw: &[u8], bars: &[Option<Bar>; 6]) -> Option<MsixPlace> {
-    let at = capability(raw, MSIX_CAPABILITY_ID)?;
+/// The MSI-X capability at `at`, if its table and PBA lie in BARs the guest sees.
+fn msix_place(raw: &[u8], at: usize, next: u8, bars: &[Option<Bar>; 6]) -> Option<MsixPlace> {
     let vectors = (u16_at(raw, at + 2) & 0x7ff) + 1;
     let (table, pba) = (u32_at(raw, at + 4), u32_at(raw, at + 8));
     let place = MsixPlace {
+        at: at as u16,
+        next,
         vectors,
         table_bar: (table & 7) as usize,
         table_offset: u64::from(table & !7),
@@ -154,14 +176,20 @@ fn msix_place(raw: &[u8], bars: &[Option<Bar>; 6]) -> Option<MsixPlace> {
     .then_some(place)
 }
 
-/// The guest's configuration space for `layout`: with the emulated MSI-X and its capability's
-/// offset, or (for a device with MSI but no MSI-X) the emulated MSI capability's offset.
+/// The guest's configuration space for `layout`: the header, the emulated MSI-X and MSI in
+/// their places, and the ranges zones emulates beyond the header.
 pub(crate) fn guest_space(layout: &Layout) -> Result<GuestSpace, PciError> {
     let mut config = ConfigSpace::new(&layout.header);
     for (i, bar) in layout.bars.iter().enumerate() {
         if let Some(bar) = bar {
             config.add_bar(i, *bar)?;
         }
+    }
+    let mut emulated = Vec::new();
+    if layout.capabilities != 0 {
+        const STATUS_CAPABILITIES: u8 = 1 << 4;
+        config.set_bytes(0x34, &[layout.capabilities])?;
+        config.set_bytes(0x06, &[STATUS_CAPABILITIES])?;
     }
     let msix = match layout.msix {
         Some(p) => {
@@ -170,19 +198,27 @@ pub(crate) fn guest_space(layout: &Layout) -> Result<GuestSpace, PciError> {
                 (p.table_bar as u8, p.table_offset as u32),
                 (p.pba_bar as u8, p.pba_offset as u32),
             )?;
-            let at = config.add_capability(MSIX_CAPABILITY_ID, &body, &mask)?;
-            Some((msix, at))
+            config.place_capability(p.at, MSIX_CAPABILITY_ID, p.next, &body, &mask)?;
+            emulated.push(p.at..p.at + MSIX_LEN as u16);
+            Some((msix, p.at))
         }
         None => None,
     };
-    let msi = match (msix.is_none() && layout.msi, msi_capability()) {
-        (true, (body, mask)) => Some(config.add_capability(MSI_CAPABILITY_ID, &body, &mask)?),
-        (false, _) => None,
+    let msi = match layout.msi {
+        Some((at, next)) => {
+            let (body, mask) = msi_capability();
+            config.place_capability(at, MSI_CAPABILITY_ID, next, &body, &mask)?;
+            emulated.push(at..at + MSI_LEN as u16);
+            Some(at)
+        }
+        None => None,
     };
-    if let Some(body) = &layout.pcie {
-        config.add_capability(PCIE_CAPABILITY_ID, body, &vec![0; body.len()])?;
-    }
-    Ok(GuestSpace { config, msix, msi })
+    Ok(GuestSpace {
+        config,
+        msix,
+        msi,
+        emulated,
+    })
 }
 
 /// What [`guest_space`] makes.
@@ -190,11 +226,14 @@ pub(crate) struct GuestSpace {
     pub(crate) config: ConfigSpace,
     pub(crate) msix: Option<(Msix, u16)>,
     pub(crate) msi: Option<u16>,
+    /// The configuration ranges past the header that zones emulates (MSI-X, MSI).
+    pub(crate) emulated: Vec<Range<u16>>,
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use zone_core::device::pci::ConfigChange;
 
     /// QEMU's nvme as the lab shows it: a 16 KiB 64-bit BAR 0 with the MSI-X table (65 vectors)
     /// at 0x2000 and the PBA at 0x3000; capabilities PM (0x40), MSI-X (0x80), PCIe (0x60) in a
@@ -223,13 +262,13 @@ mod tests {
     }
 
     #[test]
-    fn the_guest_sees_ids_memory_bars_and_msix_only() {
+    fn the_guest_sees_the_header_and_the_emulated_msix_in_the_devices_place() {
         let l = layout(&nvme_like(), sizes);
         assert_eq!(
             (l.header.vendor_id, l.header.device_id, l.header.class),
             (0x1b36, 0x0010, 0x01_08_02)
         );
-        assert_eq!(l.header.interrupt_pin, 0, "no INTx");
+        assert_eq!(l.header.interrupt_pin, 0, "INTA# only once INTx is routed");
         assert_eq!(
             l.bars[0],
             Some(Bar {
@@ -244,6 +283,8 @@ mod tests {
         assert_eq!(
             l.msix,
             Some(MsixPlace {
+                at: 0x80,
+                next: 0,
                 vectors: 65,
                 table_bar: 0,
                 table_offset: 0x2000,
@@ -251,47 +292,81 @@ mod tests {
                 pba_offset: 0x3000
             })
         );
-        let GuestSpace { config, msix, msi } = guest_space(&l).unwrap();
+        let GuestSpace {
+            mut config,
+            msix,
+            msi,
+            emulated,
+        } = guest_space(&l).unwrap();
         let (msix, at) = msix.unwrap();
-        assert_eq!(msi, None, "MSI-X is shown, MSI not");
+        assert_eq!((at, msi), (0x80, None), "the device has no MSI");
         assert_eq!(msix.vectors(), 65);
-        let caps: Vec<_> = config.capabilities().collect();
-        assert_eq!(caps.len(), 2, "{caps:?}");
-        assert_eq!(caps[0], (at, MSIX_CAPABILITY_ID));
+        assert_eq!(emulated, vec![0x80..0x8c]);
+        // The device's list: PM first, then PCIe, then the emulated MSI-X, last.
+        assert_eq!(config.read(0x34, 1), 0x40);
+        assert_eq!(config.read(0x06, 2) & 0x10, 0x10);
+        assert_eq!(config.read(0x80, 2), 0x0011);
+        assert_eq!(config.read(0x82, 2), 64, "65 vectors");
         assert_eq!(
-            caps[1].1, PCIE_CAPABILITY_ID,
-            "PM is not shown; PCIe is, read-only"
+            config.write(0x82, 2, 0x8000),
+            Some(ConfigChange::Capability {
+                capability: 0x80,
+                id: MSIX_CAPABILITY_ID
+            })
         );
-        let mut config = config;
-        let pcie = caps[1].0;
-        let before = config.read(pcie + 8, 4);
-        assert_eq!(
-            config.write(pcie + 8, 2, 0xffff),
-            None,
-            "the guest writes no PCIe field"
-        );
-        assert_eq!(config.read(pcie + 8, 4), before);
         assert_eq!(config.read(0x30, 4), 0, "no expansion ROM");
     }
 
-    #[test]
-    fn a_device_with_msi_only_gets_the_emulated_msi() {
-        // edu as the lab shows it: a 1 MiB BAR 0 and an MSI capability at 0x40.
+    /// edu as the lab shows it: a 1 MiB BAR 0 and a 64-bit MSI capability at 0x40.
+    fn edu_like() -> Vec<u8> {
         let mut raw = vec![0u8; 256];
         raw[0..4].copy_from_slice(&[0x34, 0x12, 0xe8, 0x11]);
         raw[6] = 0x10;
         raw[0x10..0x14].copy_from_slice(&0xfea0_0000u32.to_le_bytes());
         raw[0x34] = 0x40;
-        raw[0x40..0x42].copy_from_slice(&[0x05, 0x00]);
-        let l = layout(&raw, |i| if i == 0 { 1 << 20 } else { 0 });
-        assert!(l.msi && l.msix.is_none());
-        let GuestSpace { config, msix, msi } = guest_space(&l).unwrap();
+        raw[0x3d] = 1;
+        raw[0x40..0x44].copy_from_slice(&[0x05, 0x00, 0x80, 0x00]);
+        raw
+    }
+
+    #[test]
+    fn a_device_with_msi_gets_the_emulated_msi_in_its_place() {
+        let edu = |i| if i == 0 { 1 << 20 } else { 0 };
+        let l = layout(&edu_like(), edu);
+        assert!(l.intx, "edu has INTA#");
+        assert_eq!((l.msi, l.msix), (Some((0x40, 0)), None));
+        let GuestSpace {
+            config,
+            msix,
+            msi,
+            emulated,
+        } = guest_space(&l).unwrap();
         assert!(msix.is_none());
-        let at = msi.unwrap();
+        assert_eq!(msi, Some(0x40));
+        assert_eq!(emulated, vec![0x40..0x4e]);
         assert_eq!(
             config.capabilities().collect::<Vec<_>>(),
-            vec![(at, MSI_CAPABILITY_ID)]
+            vec![(0x40, MSI_CAPABILITY_ID)]
         );
+        // A 32-bit MSI capability (10 bytes) followed right after by another: the emulated
+        // 14 bytes do not fit in its place, so it is not emulated.
+        let mut raw = edu_like();
+        raw[0x41] = 0x4c;
+        raw[0x4c..0x4e].copy_from_slice(&[0x09, 0x00]);
+        assert_eq!(layout(&raw, edu).msi, None);
+        // MSI and MSI-X both: both emulated.
+        let mut raw = nvme_like();
+        raw[0x81] = 0xa0;
+        raw[0xa0..0xa2].copy_from_slice(&[0x05, 0x00]);
+        let l = layout(&raw, sizes);
+        assert_eq!(l.msi, Some((0xa0, 0)));
+        let space = guest_space(&l).unwrap();
+        assert_eq!(
+            space.config.read(0x80, 2),
+            0xa011,
+            "MSI-X's next pointer kept"
+        );
+        assert_eq!(space.emulated, vec![0x80..0x8c, 0xa0..0xae]);
     }
 
     #[test]

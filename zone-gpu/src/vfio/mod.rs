@@ -43,6 +43,9 @@ pub(crate) struct Passthrough {
     intx: Option<IntxLine>,
     /// Whether the device's INTx is enabled in VFIO (with the line's eventfds).
     device_intx: bool,
+    /// The configuration ranges past the header that zones emulates (MSI-X, MSI); the rest
+    /// passes through to VFIO.
+    emulated: Vec<std::ops::Range<u16>>,
     /// The BARs' mmap-able parts, which the guest reaches without a trap.
     mmaps: mmap::Mmaps,
     /// The zone's event stream, for refused guest writes.
@@ -117,7 +120,7 @@ pub(crate) fn open(
         true => match intx_line(&device, cx) {
             Ok(line) => Some(line),
             // Without MSI or MSI-X, INTx is the device's only interrupt: no silent downgrade.
-            Err(e) if layout.msix.is_none() && !layout.msi => {
+            Err(e) if layout.msix.is_none() && layout.msi.is_none() => {
                 return Err(fail("INTx (the device has no MSI or MSI-X)", &e));
             }
             Err(e) => {
@@ -134,6 +137,7 @@ pub(crate) fn open(
         mut config,
         msix,
         msi,
+        emulated,
     } = config::guest_space(&layout).map_err(|e| fail("describing the function", &e))?;
     if let Some(line) = &intx {
         // What firmware writes there: the line's IOAPIC pin (Linux reads the DSDT's _PRT).
@@ -166,6 +170,7 @@ pub(crate) fn open(
             device_msi: false,
             device_intx: intx.is_some(),
             intx,
+            emulated,
             mmaps,
             host: cx.host(),
             reported: HashSet::new(),
@@ -220,6 +225,11 @@ fn check_iova(
 }
 
 impl Passthrough {
+    /// Whether configuration byte `offset` is zones' (the header, MSI-X, MSI) rather than the
+    /// device's.
+    fn emulates(&self, offset: u16) -> bool {
+        offset < config::HEADER_END || self.emulated.iter().any(|r| r.contains(&offset))
+    }
     /// Counts a guest write that zones does not pass to the device, and reports the first one
     /// at each register as a violation event. Writes to the BAR registers the function does not
     /// have (and to the expansion ROM's) are how every PCI driver sizes BARs: counted only.
@@ -350,9 +360,24 @@ impl PciFunction for Passthrough {
     }
 
     fn config_read(&mut self, offset: u16, data: &mut [u8]) {
-        let value = self.config.read(offset, data.len()).to_le_bytes();
         let n = data.len().min(4);
-        data[..n].copy_from_slice(&value[..n]);
+        let own = (offset..offset + n as u16)
+            .filter(|&o| self.emulates(o))
+            .count();
+        if own < n {
+            // The device's bytes, through VFIO (all ones where it does not answer).
+            data[..n].fill(0xff);
+            self.device
+                .vfio
+                .region_read(CONFIG_REGION, &mut data[..n], u64::from(offset));
+            self.device.stats.config_device_read();
+        }
+        let value = self.config.read(offset, n).to_le_bytes();
+        for i in 0..n {
+            if self.emulates(offset + i as u16) {
+                data[i] = value[i];
+            }
+        }
         // Where INTx is routed, the status register's interrupt bit is the device's own: an INTx
         // handler (shared lines, uio_pci_generic) reads it to know whether its device asserts.
         const STATUS: u16 = 6;
@@ -365,6 +390,15 @@ impl PciFunction for Passthrough {
     }
 
     fn config_write(&mut self, offset: u16, data: &[u8]) -> Option<ConfigChange> {
+        if !self.emulates(offset) {
+            // The device's own capabilities and extended space: VFIO's permission tables decide
+            // what of the write reaches the device.
+            self.device
+                .vfio
+                .region_write(CONFIG_REGION, data, u64::from(offset));
+            self.device.stats.config_device_write();
+            return None;
+        }
         let change = self.config.write_bytes(offset, data);
         match change {
             None => self.refused("configuration", offset, data.len()),

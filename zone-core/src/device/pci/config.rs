@@ -349,6 +349,39 @@ impl ConfigSpace {
         Ok(offset)
     }
 
+    /// Puts a capability with `id` at `offset` (dword-aligned, in the standard space after the
+    /// header), its next pointer `next` as given: for a function whose capability layout is a
+    /// device's own (a passed-through function emulating some of its capabilities in place).
+    /// `body` and `writable` as for [`add_capability`](Self::add_capability). Linking the list
+    /// (the capabilities pointer, the previous next pointers) is the caller's.
+    pub fn place_capability(
+        &mut self,
+        offset: u16,
+        id: u8,
+        next: u8,
+        body: &[u8],
+        writable: &[u8],
+    ) -> Result<(), PciError> {
+        if writable.len() != body.len() {
+            return Err(PciError::CapabilityMask { id });
+        }
+        let (start, len) = (usize::from(offset), 2 + body.len());
+        let overlaps = self
+            .capabilities
+            .iter()
+            .any(|&(o, _, l)| start < usize::from(o + l) && usize::from(o) < start + len);
+        if start < FIRST_CAPABILITY || start % 4 != 0 || start + len > STANDARD_END || overlaps {
+            return Err(PciError::CapabilitySpace { id });
+        }
+        self.put(offset, &[id, next]);
+        self.put(offset + 2, body);
+        self.mask(offset + 2, writable);
+        let status = self.u16_at(reg::STATUS) | STATUS_CAPABILITIES;
+        self.put(reg::STATUS, &status.to_le_bytes());
+        self.capabilities.push((offset, id, len as u16));
+        Ok(())
+    }
+
     /// The offset of the first capability with `id`.
     pub fn capability(&self, id: u8) -> Option<u16> {
         self.capabilities.iter().find(|c| c.1 == id).map(|c| c.0)

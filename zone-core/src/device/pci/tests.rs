@@ -295,6 +295,39 @@ fn capabilities_chain_and_report_writes() {
 }
 
 #[test]
+fn capabilities_placed_at_a_devices_offsets_keep_its_next_pointers() {
+    let mut c = nvme();
+    let msix = Msix::new(65).unwrap();
+    let (body, mask) = msix.capability((0, 0x2000), (0, 0x3000)).unwrap();
+    c.place_capability(0x80, MSIX_CAPABILITY_ID, 0x60, &body, &mask)
+        .unwrap();
+    assert_eq!(c.read(0x80, 2), 0x6011, "ID and the device's next pointer");
+    assert_eq!(c.read(reg::STATUS, 2) & 0x10, 0x10);
+    assert_eq!(c.capability(MSIX_CAPABILITY_ID), Some(0x80));
+    assert_eq!(
+        c.write(0x82, 2, 0x8000),
+        Some(ConfigChange::Capability {
+            capability: 0x80,
+            id: MSIX_CAPABILITY_ID
+        })
+    );
+    // Overlapping, unaligned, in the header or past the standard space: refused.
+    for at in [0x84, 0x7c, 0x62, 0x3c, 0xf8] {
+        assert_eq!(
+            c.place_capability(at, 5, 0, &[0; 10], &[0; 10]),
+            Err(PciError::CapabilitySpace { id: 5 }),
+            "{at:#x}"
+        );
+    }
+    assert_eq!(
+        c.place_capability(0x50, 5, 0, &[0; 2], &[0; 1]),
+        Err(PciError::CapabilityMask { id: 5 })
+    );
+    c.place_capability(0x50, 5, 0x80, &[0; 12], &[0; 12])
+        .unwrap();
+}
+
+#[test]
 fn msix_masks_pends_and_delivers_on_unmask() {
     let mut m = Msix::new(3).unwrap();
     assert_eq!(m.trigger(0), Delivery::Dropped, "MSI-X off");
