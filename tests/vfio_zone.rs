@@ -58,9 +58,14 @@ fn find(id: (u16, u16)) -> Option<String> {
 }
 
 fn nvme_zone(gpu: Gpu) -> Result<Zone, BuildError> {
+    nvme_zone_booting(gpu, common::boot())
+}
+
+/// A zone with `gpu`, booting `boot` with the nvme driver.
+fn nvme_zone_booting(gpu: Gpu, boot: zones::LinuxBoot) -> Result<Zone, BuildError> {
     Zone::builder()
         .memory_mib(256)
-        .linux(common::boot().module("nvme"))
+        .linux(boot.module("nvme"))
         .gpu(gpu)
         .deadline(common::scaled(Duration::from_secs(180)))
         .build()
@@ -76,6 +81,17 @@ fn sh(zone: &Zone, script: &str) -> String {
         zone.console_text()
     );
     text
+}
+
+/// A guest script: once the nvme namespace is there, writes `token` at block `block`, drops
+/// the page cache, reads the token back (the first line of output), then runs `then`.
+fn write_and_read_back(token: &str, block: u64, then: &str) -> String {
+    format!(
+        "{WAIT_NVME}; printf '%s' {token} | dd of=/dev/nvme0n1 bs=512 seek={block} conv=sync,fsync 2>/dev/null; \
+         echo 3 > /proc/sys/vm/drop_caches; \
+         dd if=/dev/nvme0n1 bs=512 skip={block} count=1 2>/dev/null | head -c {}; echo; {then}",
+        token.len()
+    )
 }
 
 /// Waits in the guest for the nvme namespace to appear.
@@ -131,14 +147,10 @@ fn nvme_passes_through_its_driver_binds_with_msix_and_writes_reach_the_disk() {
 
     let out = sh(
         &z,
-        &format!(
-            "{WAIT_NVME}; printf '%s' {token} | dd of=/dev/nvme0n1 bs=512 seek={} conv=sync,fsync 2>/dev/null; \
-             echo 3 > /proc/sys/vm/drop_caches; \
-             dd if=/dev/nvme0n1 bs=512 skip={} count=1 2>/dev/null | head -c {}; echo; \
-             grep -c nvme0q /proc/interrupts; grep nvme0q /proc/interrupts | head -3",
+        &write_and_read_back(
+            &token,
             AT / 512,
-            AT / 512,
-            token.len()
+            "grep -c nvme0q /proc/interrupts; grep nvme0q /proc/interrupts | head -3",
         ),
     );
     let mut lines = out.lines();
@@ -296,28 +308,37 @@ const OUTSIDE: u64 = 0xc00_0000;
 /// The vector the guest programs into edu's MSI.
 const MSI_VECTOR: u32 = 0xde;
 
+/// A zone that edu passes to, booting `boot`.
+fn edu_zone(address: &str, boot: zones::LinuxBoot) -> Zone {
+    Zone::builder()
+        .memory_mib(128)
+        .linux(boot)
+        .gpu(Gpu::vfio(address).expect_id(EDU.0, EDU.1).bind_vfio(true))
+        .deadline(common::scaled(Duration::from_secs(240)))
+        .build()
+        .expect("edu passed through")
+}
+
+/// The start of a guest script that drives edu by hand: `r OFFSET [BITS]` reads its BAR,
+/// `w OFFSET VALUE [BITS]` writes it (through `/dev/mem`).
+const EDU_SH: &str = r#"d=/sys/bus/pci/devices/0000:00:01.0
+b=$(head -1 $d/resource | cut -d' ' -f1)
+r() { busybox devmem $(( b + $1 )) ${2:-32}; }
+w() { busybox devmem $(( b + $1 )) ${3:-32} $2; }
+"#;
+
 #[test]
 fn edu_computes_its_dma_reaches_guest_memory_but_nothing_outside_it_and_its_msi_arrives() {
     let Some((address, _device)) = take(EDU) else {
         return;
     };
-    let z = Zone::builder()
-        .memory_mib(128)
-        .linux(common::boot().cmdline("memmap=1M$0x6000000"))
-        .gpu(Gpu::vfio(&address).expect_id(EDU.0, EDU.1).bind_vfio(true))
-        .deadline(common::scaled(Duration::from_secs(180)))
-        .build()
-        .expect("edu passed through");
+    let z = edu_zone(&address, common::boot().cmdline("memmap=1M$0x6000000"));
     let events = z.events();
     // The guest has no driver for edu: it drives it by hand through /dev/mem, with memory
     // decoding and bus mastering turned on in its command register. Each edu transfer waits for
     // a 100 ms timer; the script polls the command register until the transfer is done.
     let script = format!(
-        r#"d=/sys/bus/pci/devices/0000:00:01.0
-b=$(head -1 $d/resource | cut -d' ' -f1)
-printf '\006' | dd of=$d/config bs=1 seek=4 conv=notrunc 2>/dev/null
-r() {{ busybox devmem $(( b + $1 )) ${{2:-32}}; }}
-w() {{ busybox devmem $(( b + $1 )) ${{3:-32}} $2; }}
+        r#"{EDU_SH}printf '\006' | dd of=$d/config bs=1 seek=4 conv=notrunc 2>/dev/null
 dma() {{ w 0x80 $1 64; w 0x88 $2 64; w 0x90 8 64; w 0x98 $3 64
   for i in $(seq 100); do [ $(( $(r 0x98 64) & 1 )) = 0 ] && return; sleep 0.1; done; echo stuck; }}
 echo id $(r 0)
@@ -439,20 +460,10 @@ fn pause_stops_an_ongoing_dma_loop_and_resume_continues_it() {
     let Some((address, _device)) = take(EDU) else {
         return;
     };
-    let z = Zone::builder()
-        .memory_mib(128)
-        .linux(common::boot().cmdline("memmap=1M$0x6000000"))
-        .gpu(Gpu::vfio(&address).expect_id(EDU.0, EDU.1).bind_vfio(true))
-        .deadline(common::scaled(Duration::from_secs(240)))
-        .build()
-        .expect("edu passed through");
+    let z = edu_zone(&address, common::boot().cmdline("memmap=1M$0x6000000"));
     let gpu = z.device::<GpuControl>().expect("the gpu control");
     let script = format!(
-        r#"d=/sys/bus/pci/devices/0000:00:01.0
-b=$(head -1 $d/resource | cut -d' ' -f1)
-printf '\006' | dd of=$d/config bs=1 seek=4 conv=notrunc 2>/dev/null
-r() {{ busybox devmem $(( b + $1 )) ${{2:-32}}; }}
-w() {{ busybox devmem $(( b + $1 )) ${{3:-32}} $2; }}
+        r#"{EDU_SH}printf '\006' | dd of=$d/config bs=1 seek=4 conv=notrunc 2>/dev/null
 start() {{ w 0x80 $1 64; w 0x88 $2 64; w 0x90 8 64; w 0x98 $3 64; }}
 finish() {{ for i in $(seq 200); do [ $(( $(r 0x98 64) & 1 )) = 0 ] && return; sleep 0.05; done; echo stuck; }}
 busybox devmem {BUFFER} 64 {LOOP_PATTERN}
@@ -542,33 +553,27 @@ fn edu_intx_reaches_the_guests_own_driver_twice() {
     let Some((address, _device)) = take(EDU) else {
         return;
     };
-    let z = Zone::builder()
-        .memory_mib(128)
-        .linux(common::boot().module("uio_pci_generic"))
-        .gpu(Gpu::vfio(&address).expect_id(EDU.0, EDU.1).bind_vfio(true))
-        .deadline(common::scaled(Duration::from_secs(180)))
-        .build()
-        .expect("edu passed through");
-    let script = r#"d=/sys/bus/pci/devices/0000:00:01.0
-echo pin $(od -An -tu1 -j61 -N1 $d/config | tr -d ' ')
+    let z = edu_zone(&address, common::boot().module("uio_pci_generic"));
+    let script = format!(
+        r#"{EDU_SH}echo pin $(od -An -tu1 -j61 -N1 $d/config | tr -d ' ')
 echo '1234 11e8' > /sys/bus/pci/drivers/uio_pci_generic/new_id
 for i in $(seq 100); do [ -e /dev/uio0 ] && break; sleep 0.1; done
 ls -l $d/driver | sed 's/.*\///'
-b=$(head -1 $d/resource | cut -d' ' -f1)
 for n in 1 2; do
   dd if=/dev/uio0 bs=4 count=1 of=/tmp/ev$n 2>/dev/null &
   sleep 0.3
-  busybox devmem $(( b + 0x60 )) 32 1
+  w 0x60 1
   for i in $(seq 100); do [ -s /tmp/ev$n ] && break; sleep 0.1; done
   echo "event $n $(od -An -tu4 /tmp/ev$n 2>/dev/null | tr -d ' ')"
   echo "status $(od -An -tx1 -j6 -N1 $d/config | tr -d ' ') command $(od -An -tx1 -j5 -N1 $d/config | tr -d ' ')"
-  busybox devmem $(( b + 0x64 )) 32 1
+  w 0x64 1
   echo "status $(od -An -tx1 -j6 -N1 $d/config | tr -d ' ') after the ack"
   printf '\000' | dd of=$d/config bs=1 seek=5 conv=notrunc 2>/dev/null
 done
 grep uio_pci_generic /proc/interrupts
-"#;
-    let out = sh(&z, script);
+"#
+    );
+    let out = sh(&z, &script);
     eprintln!("guest:\n{out}");
     let host = std::fs::read_to_string("/proc/interrupts").expect("/proc/interrupts");
     let intx = format!("vfio-intx({address})");
@@ -601,29 +606,17 @@ fn nvme_works_on_intx_alone() {
     let Some((address, _device)) = take(NVME) else {
         return;
     };
-    let z = Zone::builder()
-        .memory_mib(256)
-        .linux(common::boot().module("nvme").cmdline("pci=nomsi"))
-        .gpu(
-            Gpu::vfio(&address)
-                .expect_id(NVME.0, NVME.1)
-                .bind_vfio(true),
-        )
-        .deadline(common::scaled(Duration::from_secs(180)))
-        .build()
-        .expect("nvme passed through");
+    let z = nvme_zone_booting(
+        Gpu::vfio(&address)
+            .expect_id(NVME.0, NVME.1)
+            .bind_vfio(true),
+        common::boot().cmdline("pci=nomsi"),
+    )
+    .expect("nvme passed through");
     let token = format!("zones-intx-{}", std::process::id());
     let out = sh(
         &z,
-        &format!(
-            "{WAIT_NVME}; printf '%s' {token} | dd of=/dev/nvme0n1 bs=512 seek={} conv=sync,fsync 2>/dev/null; \
-             echo 3 > /proc/sys/vm/drop_caches; \
-             dd if=/dev/nvme0n1 bs=512 skip={} count=1 2>/dev/null | head -c {}; echo; \
-             grep nvme /proc/interrupts",
-            AT / 512 + 8,
-            AT / 512 + 8,
-            token.len()
-        ),
+        &write_and_read_back(&token, AT / 512 + 8, "grep nvme /proc/interrupts"),
     );
     let host = std::fs::read_to_string("/proc/interrupts").expect("/proc/interrupts");
     let intx = format!("vfio-intx({address})");
