@@ -58,17 +58,50 @@ pub fn initramfs(dir: &Path) -> Option<PathBuf> {
         format!("#!/bin/busybox sh\n/bin/busybox echo {MARKER}\n/bin/busybox poweroff -f\n"),
     )
     .ok()?;
+    cpio(&root, &dir.join("peer.cpio"))
+}
+
+/// A busybox initramfs in `dir` (`NAME.cpio`) whose /init mounts /proc, /sys and /dev, loads
+/// `modules` in order (one that fails is skipped), runs `script` with busybox's sh, prints the
+/// marker and powers off.
+pub fn initramfs_running(
+    dir: &Path,
+    name: &str,
+    modules: &[PathBuf],
+    script: &str,
+) -> Option<PathBuf> {
+    let root = dir.join(format!("{name}-root"));
+    std::fs::create_dir_all(root.join("bin")).ok()?;
+    std::fs::create_dir_all(root.join("lib")).ok()?;
+    std::fs::copy("/bin/busybox", root.join("bin/busybox")).ok()?;
+    let mut init = String::from(
+        "#!/bin/busybox sh\n/bin/busybox --install -s /bin\nexport PATH=/bin\n\
+         mkdir -p /proc /sys /dev /tmp\nmount -t proc proc /proc\nmount -t sysfs sysfs /sys\n\
+         mount -t devtmpfs dev /dev\n",
+    );
+    for (i, module) in modules.iter().enumerate() {
+        std::fs::copy(module, root.join(format!("lib/{i}.ko"))).ok()?;
+        init.push_str(&format!("insmod /lib/{i}.ko 2>/dev/null\n"));
+    }
+    init.push_str(script);
+    init.push_str(&format!("\necho {MARKER}\npoweroff -f\n"));
+    std::fs::write(root.join("init"), init).ok()?;
+    cpio(&root, &dir.join(format!("{name}.cpio")))
+}
+
+/// `root` as a newc cpio archive at `out`.
+fn cpio(root: &Path, out: &Path) -> Option<PathBuf> {
     let cmd = format!(
         "chmod +x {root}/init && cd {root} && find . | cpio -o -H newc --quiet > {out}",
         root = root.display(),
-        out = dir.join("peer.cpio").display()
+        out = out.display()
     );
     let ok = Command::new("sh")
         .args(["-c", &cmd])
         .status()
         .ok()?
         .success();
-    ok.then(|| dir.join("peer.cpio"))
+    ok.then(|| out.to_path_buf())
 }
 
 /// The ELF vmlinux inside `bzimage` (xz, gzip or zstd payload), written to `out`.
@@ -283,6 +316,17 @@ pub fn interleaved(
 impl Peer {
     /// Spawn to marker, or None when the peer failed or took over [`BOOT_LIMIT`].
     pub fn boot(&self) -> Option<Duration> {
+        self.run().map(|(took, _)| took)
+    }
+
+    /// The console lines before the marker, or None when the peer failed or took over
+    /// [`BOOT_LIMIT`].
+    pub fn output(&self) -> Option<Vec<String>> {
+        self.run().map(|(_, lines)| lines)
+    }
+
+    /// Spawn to marker and the console lines before it.
+    fn run(&self) -> Option<(Duration, Vec<String>)> {
         let started = Instant::now();
         let mut child = Command::new(&self.program)
             .args(&self.args)
@@ -294,13 +338,14 @@ impl Peer {
         let stdout = child.stdout.take()?;
         let (tx, rx) = std::sync::mpsc::channel();
         let reader = std::thread::spawn(move || {
+            let mut seen = Vec::new();
             for line in BufReader::new(stdout).lines() {
                 match line {
                     Ok(l) if l.contains(MARKER) => {
-                        let _ = tx.send(started.elapsed());
+                        let _ = tx.send((started.elapsed(), seen));
                         return;
                     }
-                    Ok(_) => {}
+                    Ok(l) => seen.push(l),
                     Err(_) => return,
                 }
             }
