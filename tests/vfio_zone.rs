@@ -218,6 +218,16 @@ echo devctl2 $v $(b $o)"#,
         "the device's own device control 2 register (the lab's view)"
     );
 
+    // The device's group is registered with the zone's KVM VFIO device (KVM learns whether the
+    // device's DMA snoops the CPU's caches), as QEMU and Cloud Hypervisor do.
+    let kvm_vfio = std::fs::read_dir("/proc/self/fd")
+        .expect("/proc/self/fd")
+        .filter_map(Result::ok)
+        .filter_map(|e| std::fs::read_link(e.path()).ok())
+        .filter(|l| l.to_string_lossy().contains("kvm-vfio"))
+        .count();
+    assert!(kvm_vfio >= 1, "no KVM VFIO device open");
+
     // Containment: bus mastering (the device's DMA) off while paused, back on resume.
     let gpu = z.device::<GpuControl>().expect("the gpu control");
     assert!(

@@ -116,6 +116,22 @@ impl AttachContext {
         }
     }
 
+    /// A descriptor of the zone's KVM VFIO device (one a VM; each call a duplicate), for a
+    /// passed-through device's VFIO groups: KVM learns from it whether their DMA snoops the CPU's
+    /// caches. Only attachments on [`Transport::Pci`] get one.
+    pub fn kvm_vfio_device(&self) -> std::io::Result<kvm_ioctls::DeviceFd> {
+        use std::os::fd::{FromRawFd, IntoRawFd};
+        let Some(router) = &self.msi else {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::Unsupported,
+                "the KVM VFIO device is for PCI functions (an attachment on Transport::Pci)",
+            ));
+        };
+        let file = router.vm().kvm_vfio_device()?;
+        // SAFETY: the descriptor is a KVM device's, owned by `file` and handed over here.
+        Ok(unsafe { kvm_ioctls::DeviceFd::from_raw_fd(file.into_raw_fd()) })
+    }
+
     /// The function's INTA# line (a level-triggered IOAPIC pin, see [`IntxLine`]), for a PCI
     /// function that reports interrupt pin 1 (INTA#) in its header. The guest finds the line
     /// through the DSDT's `_PRT`. Only attachments on [`Transport::Pci`] get one.

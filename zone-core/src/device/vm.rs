@@ -25,9 +25,15 @@ pub(crate) const KVM_SET_GSI_ROUTING: u64 =
 pub(crate) const KVM_SET_USER_MEMORY_REGION: u64 =
     kvm_iow(0x46, std::mem::size_of::<kvm_userspace_memory_region>());
 
+/// KVM_CREATE_DEVICE (`_IOWR`: the kernel writes the new device's descriptor back).
+const KVM_CREATE_DEVICE: u64 = (3 << 30)
+    | ((std::mem::size_of::<kvm_bindings::kvm_create_device>() as u64) << 16)
+    | (0xae << 8)
+    | 0xe0;
+
 /// A descriptor of the zone's VM, for its devices.
 #[derive(Debug)]
-pub(crate) struct VmHandle(File);
+pub(crate) struct VmHandle(File, std::sync::OnceLock<File>);
 
 impl VmHandle {
     /// A descriptor of `vm` of the devices' own.
@@ -38,7 +44,10 @@ impl VmHandle {
             return Err(std::io::Error::last_os_error());
         }
         // SAFETY: `fd` is a fresh descriptor of a KVM VM that nothing else owns.
-        Ok(Arc::new(Self(unsafe { File::from_raw_fd(fd) })))
+        Ok(Arc::new(Self(
+            unsafe { File::from_raw_fd(fd) },
+            std::sync::OnceLock::new(),
+        )))
     }
 
     /// Issues `request` with `arg`.
@@ -85,6 +94,34 @@ impl VmHandle {
         unsafe { self.ioctl(KVM_IRQFD, &irqfd) }
     }
 
+    /// A descriptor of the VM's KVM VFIO device (KVM allows one a VM): created on the first call,
+    /// a duplicate on each. VFIO groups registered with it tell KVM about a passed-through
+    /// device's DMA (whether it snoops the CPU's caches).
+    pub(crate) fn kvm_vfio_device(&self) -> std::io::Result<File> {
+        if self.1.get().is_none() {
+            let mut create = kvm_bindings::kvm_create_device {
+                type_: kvm_bindings::kvm_device_type_KVM_DEV_TYPE_VFIO,
+                ..Default::default()
+            };
+            // SAFETY: KVM_CREATE_DEVICE reads and writes a `struct kvm_create_device`, which
+            // lives across the call.
+            let rc =
+                unsafe { libc::ioctl(self.0.as_raw_fd(), KVM_CREATE_DEVICE as _, &mut create) };
+            if rc != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // SAFETY: the kernel returned a fresh descriptor that nothing else owns.
+            let device = unsafe { File::from_raw_fd(create.fd as i32) };
+            // Two attachments of one zone are created one after the other, on the building
+            // thread: no other call sets it meanwhile.
+            let _ = self.1.set(device);
+        }
+        match self.1.get() {
+            Some(device) => device.try_clone(),
+            None => Err(std::io::Error::other("no KVM VFIO device")),
+        }
+    }
+
     /// Replaces the VM's GSI routing table with `routing`.
     pub(crate) fn set_gsi_routing(&self, routing: &KvmIrqRouting) -> std::io::Result<()> {
         // SAFETY: KVM_SET_GSI_ROUTING reads the header and its `nr` entries, which the fam
@@ -115,5 +152,26 @@ mod tests {
         assert_eq!(KVM_IRQFD, 0x4020_ae76);
         assert_eq!(KVM_SET_GSI_ROUTING, 0x4008_ae6a);
         assert_eq!(KVM_SET_USER_MEMORY_REGION, 0x4020_ae46);
+        assert_eq!(KVM_CREATE_DEVICE, 0xc00c_aee0);
+    }
+
+    /// On this machine's KVM (skipped without one): the VM's VFIO device is created once, and
+    /// each call hands out a descriptor of that one device (KVM refuses a second).
+    #[test]
+    fn one_kvm_vfio_device_a_vm() {
+        let Ok(kvm) = kvm_ioctls::Kvm::new() else {
+            eprintln!("SKIPPED one_kvm_vfio_device_a_vm: no /dev/kvm");
+            return;
+        };
+        let vm = kvm.create_vm().unwrap();
+        let handle = VmHandle::dup(&vm).unwrap();
+        let (a, b) = (handle.kvm_vfio_device(), handle.kvm_vfio_device());
+        let (Ok(a), Ok(b)) = (a, b) else {
+            panic!("KVM's VFIO device: {:?}", handle.kvm_vfio_device().err());
+        };
+        let link = |f: &File| std::fs::read_link(format!("/proc/self/fd/{}", f.as_raw_fd()));
+        let (la, lb) = (link(&a).unwrap(), link(&b).unwrap());
+        assert_eq!(la, lb);
+        assert!(la.to_string_lossy().contains("kvm-vfio"), "{la:?}");
     }
 }

@@ -13,7 +13,7 @@ use crate::control::{Device, GpuControl};
 use crate::policy::{Checked, GpuError, check_memlock};
 use std::collections::HashSet;
 use std::sync::Arc;
-use vfio_ioctls::{VfioContainer, VfioDevice, VfioError};
+use vfio_ioctls::{VfioContainer, VfioDevice, VfioDeviceFd, VfioError};
 use vm_memory::{GuestMemoryBackend, GuestMemoryRegion, MemoryRegionAddress};
 use zone_core::device::pci::{
     BarMapping, ConfigChange, ConfigSpace, MSI_CAPABILITY_ID, MSIX_CAPABILITY_ID, PciFunction,
@@ -85,7 +85,14 @@ pub(crate) fn open(
     let memory = cx.memory();
     let ram: u64 = memory.iter().map(|r| r.len()).sum();
     check_memlock(ram)?;
-    let container = Arc::new(VfioContainer::new(None).map_err(|e| vfio_err(&address, e))?);
+    // The container registers the device's group with KVM's VFIO device, as QEMU and Cloud
+    // Hypervisor do: KVM then knows whether the device's DMA snoops the CPU's caches.
+    let kvm = cx.kvm_vfio_device().map_err(|e| GpuError::Vfio {
+        address: address.clone(),
+        detail: format!("KVM's VFIO device (KVM_CREATE_DEVICE): {e}"),
+    })?;
+    let kvm = Arc::new(VfioDeviceFd::new_from_kvm(kvm));
+    let container = Arc::new(VfioContainer::new(Some(kvm)).map_err(|e| vfio_err(&address, e))?);
     let vfio = VfioDevice::new(&checked.path, container.clone(), false)
         .map_err(|e| vfio_err(&address, e))?;
     let iova = iova::usable(&*container).map_err(|e| GpuError::Vfio {
