@@ -11,7 +11,9 @@
 //!    the VM exists, to create the device model.
 //! 2. **A [`VirtioDevice`]** (or, for an attachment whose [`Attachment::transport`] is
 //!    [`Transport::Pci`], a [`pci::PciFunction`] on the zone's PCI bus, with MSI vectors from
-//!    [`AttachContext::msi_vector`]) is the device model the guest's driver talks to through a transport
+//!    [`AttachContext::msi_vector`], an INTx line from [`AttachContext::intx_line`] and, for a
+//!    passed-through device, KVM's VFIO device from [`AttachContext::kvm_vfio_device`]) is the
+//!    device model the guest's driver talks to through a transport
 //!    (virtio-mmio today, described in the DSDT): its type, features, queues and configuration
 //!    space. When the driver sets DRIVER_OK the transport calls
 //!    [`activate`](VirtioDevice::activate) with an [`Activation`] (guest memory, the configured
