@@ -249,6 +249,15 @@ impl GpuControl {
         Ok(crate::interrupts::per_vector(&text, self.address()))
     }
 
+    /// Interrupts on the device's INTx line, as the host counted them on the IRQ VFIO holds
+    /// for it (from `/proc/interrupts`); `None` while VFIO does not route its INTx (the guest
+    /// has MSI or MSI-X on, or the device has no INTx). Reads a file, as
+    /// [`interrupts`](Self::interrupts) does.
+    pub fn intx_interrupts(&self) -> std::io::Result<Option<u64>> {
+        let text = std::fs::read_to_string("/proc/interrupts")?;
+        Ok(crate::interrupts::intx(&text, self.address()))
+    }
+
     /// Whether the device's bus mastering (its DMA) is on now, read back from the device;
     /// `false` once the zone has released it.
     pub fn bus_master(&self) -> bool {
