@@ -26,22 +26,28 @@
 //! - the process may pin the guest's memory for DMA (`RLIMIT_MEMLOCK`, or `CAP_IPC_LOCK`).
 //!
 //! # What the guest sees
-//! One PCI function at 00:01.0 (onwards) of the zone's PCI bus: the device's IDs and class, its
-//! memory BARs (placed by zones; accesses trapped and forwarded to the device) and, when the
-//! device has MSI-X, an emulated MSI-X capability whose vectors KVM delivers (the guest never
-//! programs the device's own table). Nothing else of the device's configuration space reaches the
-//! guest: no other capability, no expansion ROM, no I/O BARs, no INTx. The guest's command
-//! register reaches the device (memory decoding, bus mastering), and all of guest RAM is mapped for
-//! the device's DMA at its guest-physical addresses, nothing else.
+//! One PCI function at 00:01.0 (onwards) of the zone's PCI bus, with the device's configuration
+//! space under zones' emulation. zones emulates the header (the device's IDs and class, its memory
+//! BARs placed by zones and mapped into the guest where VFIO allows, no expansion ROM, no I/O
+//! BARs), and in place at the device's own offsets its MSI-X capability and its MSI capability
+//! (one vector): KVM delivers their vectors, and the guest never programs the device's own table.
+//! A device with an interrupt pin shows INTA#, routed through VFIO and a KVM irqfd with a
+//! resampler while the guest has neither MSI nor MSI-X on. The rest of configuration space (the
+//! device's other capabilities, its extended space) goes to VFIO, whose permission tables decide
+//! what reaches the device. The guest's command register reaches the device (memory decoding,
+//! bus mastering, INTx disable), and all of guest RAM is mapped for the device's DMA at its
+//! guest-physical addresses, nothing else. The device's VFIO group is registered with the zone's
+//! KVM VFIO device.
 //!
 //! # Containment
 //! Pausing or quarantining the zone turns the device's bus mastering off (no DMA) until it
 //! resumes or is released; when the zone stops, bus mastering goes off at once, and when it is
-//! dropped the device's MSI-X is disabled, its DMA mappings removed and the device reset (where it
-//! supports a reset; `reset` in its counters says which), left bound to `vfio-pci` for the next
-//! zone. Counters (in [`ZoneMetrics::devices`](zone_core::ZoneMetrics), as `gpu0`, ...): DMA
-//! mapped bytes, trapped BAR reads and writes, MSI-X vectors raised by the device, refused
-//! configuration writes.
+//! dropped the device's interrupts are disabled, its DMA mappings removed and the device reset
+//! (where it supports a reset; `resettable` in its counters says which), left bound to
+//! `vfio-pci` for the next zone. Counters (in [`ZoneMetrics::devices`](zone_core::ZoneMetrics),
+//! as `gpu0`, ...): DMA mapped bytes, trapped BAR reads and writes, refused configuration
+//! writes, configuration reads and writes passed to the device; [`GpuControl::interrupts`] and
+//! [`GpuControl::intx_interrupts`] read the host's interrupt counts.
 
 mod control;
 mod interrupts;
