@@ -65,14 +65,18 @@ impl VmHandle {
 
     /// Wires `evt` to `gsi` (or, with `KVM_IRQFD_FLAG_DEASSIGN` in `flags`, unwires it).
     pub(crate) fn irqfd(&self, evt: &EventFd, gsi: u32, flags: u32) -> std::io::Result<()> {
-        let irqfd = kvm_irqfd {
+        self.set_irqfd(&kvm_irqfd {
             fd: evt.as_raw_fd() as u32,
             gsi,
             flags,
             ..Default::default()
-        };
+        })
+    }
+
+    /// Issues KVM_IRQFD with `irqfd`.
+    fn set_irqfd(&self, irqfd: &kvm_irqfd) -> std::io::Result<()> {
         // SAFETY: KVM_IRQFD reads a `struct kvm_irqfd`, which lives across the call.
-        unsafe { self.ioctl(KVM_IRQFD, &irqfd) }
+        unsafe { self.ioctl(KVM_IRQFD, irqfd) }
     }
 
     /// Wires `evt` to level-triggered `gsi` with KVM's resampler: a write to `evt` asserts the
@@ -83,43 +87,37 @@ impl VmHandle {
         resample: &EventFd,
         gsi: u32,
     ) -> std::io::Result<()> {
-        let irqfd = kvm_irqfd {
+        self.set_irqfd(&kvm_irqfd {
             fd: evt.as_raw_fd() as u32,
             gsi,
             flags: kvm_bindings::KVM_IRQFD_FLAG_RESAMPLE,
             resamplefd: resample.as_raw_fd() as u32,
             ..Default::default()
-        };
-        // SAFETY: KVM_IRQFD reads a `struct kvm_irqfd`, which lives across the call.
-        unsafe { self.ioctl(KVM_IRQFD, &irqfd) }
+        })
     }
 
     /// A descriptor of the VM's KVM VFIO device (KVM allows one a VM): created on the first call,
     /// a duplicate on each. VFIO groups registered with it tell KVM about a passed-through
     /// device's DMA (whether it snoops the CPU's caches).
     pub(crate) fn kvm_vfio_device(&self) -> std::io::Result<File> {
-        if self.1.get().is_none() {
-            let mut create = kvm_bindings::kvm_create_device {
-                type_: kvm_bindings::kvm_device_type_KVM_DEV_TYPE_VFIO,
-                ..Default::default()
-            };
-            // SAFETY: KVM_CREATE_DEVICE reads and writes a `struct kvm_create_device`, which
-            // lives across the call.
-            let rc =
-                unsafe { libc::ioctl(self.0.as_raw_fd(), KVM_CREATE_DEVICE as _, &mut create) };
-            if rc != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            // SAFETY: the kernel returned a fresh descriptor that nothing else owns.
-            let device = unsafe { File::from_raw_fd(create.fd as i32) };
-            // Two attachments of one zone are created one after the other, on the building
-            // thread: no other call sets it meanwhile.
-            let _ = self.1.set(device);
+        if let Some(device) = self.1.get() {
+            return device.try_clone();
         }
-        match self.1.get() {
-            Some(device) => device.try_clone(),
-            None => Err(std::io::Error::other("no KVM VFIO device")),
+        let mut create = kvm_bindings::kvm_create_device {
+            type_: kvm_bindings::kvm_device_type_KVM_DEV_TYPE_VFIO,
+            ..Default::default()
+        };
+        // SAFETY: KVM_CREATE_DEVICE reads and writes a `struct kvm_create_device`, which
+        // lives across the call.
+        let rc = unsafe { libc::ioctl(self.0.as_raw_fd(), KVM_CREATE_DEVICE as _, &mut create) };
+        if rc != 0 {
+            return Err(std::io::Error::last_os_error());
         }
+        // SAFETY: the kernel returned a fresh descriptor that nothing else owns.
+        let device = unsafe { File::from_raw_fd(create.fd as i32) };
+        // Attachments are created one after the other, on the building thread: the lock
+        // is still empty here.
+        self.1.get_or_init(|| device).try_clone()
     }
 
     /// Replaces the VM's GSI routing table with `routing`.

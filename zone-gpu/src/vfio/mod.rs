@@ -368,10 +368,11 @@ impl PciFunction for Passthrough {
 
     fn config_read(&mut self, offset: u16, data: &mut [u8]) {
         let n = data.len().min(4);
-        let own = (offset..offset + n as u16)
-            .filter(|&o| self.emulates(o))
-            .count();
-        if own < n {
+        let mut own = [false; 4];
+        for (i, own) in own.iter_mut().enumerate().take(n) {
+            *own = self.emulates(offset + i as u16);
+        }
+        if !own[..n].iter().all(|&o| o) {
             // The device's bytes, through VFIO (all ones where it does not answer).
             data[..n].fill(0xff);
             self.device
@@ -380,10 +381,8 @@ impl PciFunction for Passthrough {
             self.device.stats.config_device_read();
         }
         let value = self.config.read(offset, n).to_le_bytes();
-        for i in 0..n {
-            if self.emulates(offset + i as u16) {
-                data[i] = value[i];
-            }
+        for i in (0..n).filter(|&i| own[i]) {
+            data[i] = value[i];
         }
         // Where INTx is routed, the status register's interrupt bit is the device's own: an INTx
         // handler (shared lines, uio_pci_generic) reads it to know whether its device asserts.
