@@ -16,7 +16,7 @@ use zones::prelude::*;
 #[test]
 fn allowed_host_port_connects_and_a_denied_one_is_refused_with_an_event() {
     require_linux!();
-    netlab::namespace(&[]);
+    let _share = netlab::namespace(&[]);
     let open = Peer::echo("127.0.0.1:0");
     let closed = Peer::echo("127.0.0.1:0");
     let net = Net::user().allow(&format!("tcp host:{}", open.port()));
@@ -56,7 +56,7 @@ fn allowed_host_port_connects_and_a_denied_one_is_refused_with_an_event() {
 #[test]
 fn a_zone_without_net_has_no_network() {
     require_linux!();
-    netlab::namespace(&[]);
+    let _share = netlab::namespace(&[]);
     let peer = Peer::echo("127.0.0.1:0");
     let zone = netlab::zone(Zone::builder());
     let links = zone
@@ -78,7 +78,7 @@ fn a_zone_without_net_has_no_network() {
 #[test]
 fn a_name_rule_opens_exactly_the_answered_address_and_rebinding_is_refused() {
     require_linux!();
-    netlab::namespace(&["203.0.113.10", "203.0.113.11"]);
+    let _share = netlab::namespace(&["203.0.113.10", "203.0.113.11"]);
     let api = Peer::echo("203.0.113.10:80");
     let other = Peer::echo("203.0.113.11:80");
     let dns = Dns::serve(&[
@@ -120,7 +120,7 @@ fn a_name_rule_opens_exactly_the_answered_address_and_rebinding_is_refused() {
 #[test]
 fn net_cut_stops_a_transfer_at_once_and_restore_brings_the_network_back() {
     require_linux!();
-    netlab::namespace(&[]);
+    let _share = netlab::namespace(&[]);
     let source = Peer::stream("127.0.0.1:0");
     let echo = Peer::echo("127.0.0.1:0");
     let net = Net::user()
@@ -160,7 +160,7 @@ fn net_cut_stops_a_transfer_at_once_and_restore_brings_the_network_back() {
 #[test]
 fn tightening_the_policy_cuts_an_open_flow() {
     require_linux!();
-    netlab::namespace(&[]);
+    let _share = netlab::namespace(&[]);
     let source = Peer::stream("127.0.0.1:0");
     let rule = format!("tcp host:{}", source.port());
     let zone = zone_with(Net::user().allow(&rule));
@@ -183,7 +183,7 @@ fn tightening_the_policy_cuts_an_open_flow() {
 #[test]
 fn quarantine_freezes_the_zone_cuts_its_flows_and_reports_them() {
     require_linux!();
-    netlab::namespace(&[]);
+    let _share = netlab::namespace(&[]);
     let source = Peer::stream("127.0.0.1:0");
     let zone = zone_with(Net::user().allow(&format!("tcp host:{}", source.port())));
     let _transfer = netlab::stream_from(&zone, &source, 1 << 20);
@@ -216,7 +216,7 @@ fn quarantine_freezes_the_zone_cuts_its_flows_and_reports_them() {
 #[test]
 fn ten_thousand_syns_leave_host_fds_and_flows_bounded() {
     require_linux!();
-    netlab::namespace(&[]);
+    let _share = netlab::namespace_alone(&[]);
     // Connections to 203.0.113.0/24 hang (their SYNs vanish on the host): flows pile up.
     netlab::sinkhole("203.0.113.0/24");
     let net = Net::user()
@@ -269,7 +269,7 @@ fn ten_thousand_syns_leave_host_fds_and_flows_bounded() {
 #[test]
 fn udp_and_ping_follow_the_policy() {
     require_linux!();
-    netlab::namespace(&["203.0.113.10"]);
+    let _share = netlab::namespace(&["203.0.113.10"]);
     let open = netlab::UdpEcho::bind("127.0.0.1:0");
     let closed = netlab::UdpEcho::bind("127.0.0.1:0");
     let net = Net::user()
@@ -311,7 +311,7 @@ fn udp_and_ping_follow_the_policy() {
 #[test]
 fn the_tap_backend_enforces_the_same_policy() {
     require_linux!();
-    netlab::namespace(&[]);
+    let _share = netlab::namespace(&[]);
     netlab::tap("zt0", "10.0.3.1/24");
     let open = Peer::echo("10.0.3.1:0");
     let closed = Peer::echo("10.0.3.1:0");
@@ -357,7 +357,7 @@ fn the_tap_backend_enforces_the_same_policy() {
 #[test]
 fn pause_stops_flows_and_resume_continues_them() {
     require_linux!();
-    netlab::namespace(&[]);
+    let _share = netlab::namespace(&[]);
     let source = Peer::stream("127.0.0.1:0");
     let zone = zone_with(Net::user().allow(&format!("tcp host:{}", source.port())));
     let _transfer = netlab::stream_from(&zone, &source, 1 << 20);
@@ -378,7 +378,7 @@ fn pause_stops_flows_and_resume_continues_them() {
 #[test]
 fn a_rate_limit_caps_a_transfer_and_can_be_lifted() {
     require_linux!();
-    netlab::namespace(&[]);
+    let _share = netlab::namespace(&[]);
     use zones::net::{Direction, RateLimit};
     let source = Peer::stream("127.0.0.1:0");
     let limit = 200_000u64;

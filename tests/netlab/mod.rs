@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, UdpSocket};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
 use zones::net::{Net, NetBuilderExt};
 use zones::{Command, Denial, EventStream, Process, ProcessEvent, Zone, ZoneBuilder, ZoneEvent};
@@ -26,9 +26,37 @@ fn ip(args: &[&str]) {
     );
 }
 
+/// Held by every network test for its whole run: shared by most, exclusive for a test that
+/// counts this process's descriptors (the tests of a binary share one process, so another
+/// test's zone would be counted too).
+static PROCESS: RwLock<()> = RwLock::new(());
+
+/// What a test holds while it runs beside others (see [`namespace`]).
+pub enum Share {
+    Shared(RwLockReadGuard<'static, ()>),
+    Alone(RwLockWriteGuard<'static, ()>),
+}
+
 /// Moves this test's thread into a new network namespace (the zone's threads, spawned from it,
-/// follow): loopback up, `addrs` added to it.
-pub fn namespace(addrs: &[&str]) {
+/// follow): loopback up, `addrs` added to it. The test runs beside the others while it holds
+/// the returned guard.
+#[must_use = "the guard keeps a descriptor-counting test from running beside this one"]
+pub fn namespace(addrs: &[&str]) -> Share {
+    let guard = PROCESS.read().unwrap_or_else(|e| e.into_inner());
+    enter_namespace(addrs);
+    Share::Shared(guard)
+}
+
+/// As [`namespace`], for a test that counts this process's descriptors: no other network test
+/// runs while it holds the returned guard.
+#[must_use = "the guard keeps other tests' zones out of this test's descriptor count"]
+pub fn namespace_alone(addrs: &[&str]) -> Share {
+    let guard = PROCESS.write().unwrap_or_else(|e| e.into_inner());
+    enter_namespace(addrs);
+    Share::Alone(guard)
+}
+
+fn enter_namespace(addrs: &[&str]) {
     // SAFETY: unshare(2) with CLONE_NEWNET affects only the calling thread's network namespace.
     let r = unsafe { libc::unshare(libc::CLONE_NEWNET) };
     assert_eq!(
