@@ -145,6 +145,57 @@ pub fn peers(
     initrd: &Path,
     work: &Path,
 ) -> (Vec<Peer>, Vec<String>) {
+    peers_with(bzimage, vmlinux, initrd, work, "")
+}
+
+/// As [`peers`], with `extra` appended to every peer's kernel command line (and to its label,
+/// when not empty): the same guest-kernel arguments as zones, to tell the VMMs apart from the
+/// arguments.
+pub fn peers_with(
+    bzimage: &Path,
+    vmlinux: Option<&Path>,
+    initrd: &Path,
+    work: &Path,
+    extra: &str,
+) -> (Vec<Peer>, Vec<String>) {
+    let cmdline = if extra.is_empty() {
+        CMDLINE.to_string()
+    } else {
+        format!("{CMDLINE} {extra}")
+    };
+    let (found, skipped) = plain_peers(bzimage, vmlinux, initrd, work, &cmdline);
+    if extra.is_empty() {
+        return (found, skipped);
+    }
+    let tag = format!(" + `{extra}`");
+    let found = found
+        .into_iter()
+        .map(|mut p| {
+            p.label.push_str(&tag);
+            p
+        })
+        .collect();
+    (found, skipped.into_iter().map(|s| s + &tag).collect())
+}
+
+/// The words of `zones_cmdline` that the peers' own command line lacks, without `reboot=`
+/// (how zones stops its guest): the guest-kernel arguments zones adds for speed.
+pub fn zones_extra_args(zones_cmdline: &str) -> String {
+    let plain: Vec<&str> = CMDLINE.split_whitespace().collect();
+    zones_cmdline
+        .split_whitespace()
+        .filter(|w| !plain.contains(w) && !w.starts_with("reboot="))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn plain_peers(
+    bzimage: &Path,
+    vmlinux: Option<&Path>,
+    initrd: &Path,
+    work: &Path,
+    cmdline: &str,
+) -> (Vec<Peer>, Vec<String>) {
     let bin = peers_bin();
     let (ch, fc) = (bin.join("cloud-hypervisor"), bin.join("firecracker"));
     let (mut found, mut skipped) = (Vec::new(), Vec::new());
@@ -157,7 +208,7 @@ pub fn peers(
                 "--initramfs".into(),
                 s(initrd),
                 "--cmdline".into(),
-                CMDLINE.into(),
+                cmdline.into(),
                 "--cpus".into(),
                 "boot=1".into(),
                 "--memory".into(),
@@ -187,9 +238,10 @@ pub fn peers(
     }
     match (fc.is_file(), vmlinux) {
         (true, Some(v)) => {
-            let config = work.join(format!("fc-{}.json", found.len()));
+            // One config per command line: the plain and the extended peers both run.
+            let config = work.join(format!("fc-{}-{}.json", found.len(), cmdline.len()));
             let json = format!(
-                r#"{{"boot-source": {{"kernel_image_path": "{}", "initrd_path": "{}", "boot_args": "{CMDLINE}"}}, "drives": [], "machine-config": {{"vcpu_count": 1, "mem_size_mib": 256}}}}"#,
+                r#"{{"boot-source": {{"kernel_image_path": "{}", "initrd_path": "{}", "boot_args": "{cmdline}"}}, "drives": [], "machine-config": {{"vcpu_count": 1, "mem_size_mib": 256}}}}"#,
                 s(v),
                 s(initrd)
             );
@@ -226,7 +278,7 @@ pub fn peers(
         .map(String::from)
         .to_vec();
         args.extend([s(bzimage), "-initrd".into(), s(initrd), "-append".into()]);
-        args.push(CMDLINE.into());
+        args.push(cmdline.into());
         args.extend(QEMU_CONSOLE_ONLY.map(String::from));
         found.push(Peer {
             label: "QEMU microvm rtc=on (bzImage)".into(),

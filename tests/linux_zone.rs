@@ -56,6 +56,14 @@ fn boots_the_host_kernel_and_runs_commands() {
         "the zone runs the host's kernel"
     );
     assert_eq!(info.kernel_release, host_release.trim());
+    // A zone without a disk carries no disk driver (every module loaded costs boot time); the
+    // agent's own are there.
+    let modules = run(&zone, &sh("ls /lib/modules/zones"));
+    let modules = text(&modules.stdout);
+    assert!(
+        modules.contains("vmw_vsock_virtio_transport") && !modules.contains("virtio_blk"),
+        "{modules}"
+    );
 
     let three = run(&zone, &sh("exit 3"));
     assert_eq!(three.status.code(), Some(3));
