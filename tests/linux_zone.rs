@@ -159,6 +159,28 @@ fn check_boot_report(zone: &Zone) {
         at("first console output") >= at("vCPUs started"),
         "{report}"
     );
+    // The agent's steps, stamped on the host's clock through the boot-mark port, fall in their
+    // order between the vCPUs' start and the first command; the vsock driver comes up while the
+    // agent loads the modules.
+    let host_order = [
+        "vCPUs started",
+        "agent started (agent)",
+        "mounts done (agent)",
+        "vsock driver ready",
+        "modules loaded (agent)",
+        "root filesystem ready (agent)",
+        "network ready (agent)",
+        "agent port listening (agent)",
+        "agent answered",
+        "first command started",
+    ];
+    for pair in host_order.windows(2) {
+        assert!(at(pair[0]) <= at(pair[1]), "{pair:?}:\n{report}");
+    }
+    assert!(
+        at("server ready (agent)") <= at("first command started"),
+        "{report}"
+    );
     let marks: Vec<&str> = report.guest_marks.iter().map(|m| m.0.as_str()).collect();
     assert_eq!(
         marks,

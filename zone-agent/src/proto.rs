@@ -392,6 +392,26 @@ pub mod boot {
     pub const LISTENING: &str = "server_listening";
     /// The exec server accepts connections.
     pub const SERVING: &str = "server_ready";
+    /// The marks the agent also writes to [`MARK_PORT`] (the value written is the index here
+    /// plus one), so that the host stamps them on its own clock: under emulation the guest's
+    /// clock can lose time against the host's while the guest boots.
+    pub const PORT_MARKS: [&str; 7] = [
+        AGENT_START,
+        MOUNTED,
+        MODULES,
+        ROOTFS,
+        NETWORK,
+        LISTENING,
+        SERVING,
+    ];
+    /// The I/O port of the host's boot-mark register (in the VGA range, which the zone's FADT
+    /// declares absent, next to the power register).
+    pub const MARK_PORT: u16 = 0x3c8;
+    /// The value the agent writes to [`MARK_PORT`] for `mark`.
+    pub fn port_value(mark: &str) -> Option<u8> {
+        let i = PORT_MARKS.iter().position(|m| *m == mark)?;
+        u8::try_from(i + 1).ok()
+    }
     /// Most marks a report holds.
     pub const MAX_MARKS: usize = 16;
     /// Longest mark name.

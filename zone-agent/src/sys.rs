@@ -63,6 +63,7 @@ mod nr {
     pub const IOCTL: usize = 16;
     pub const CLOCK_GETTIME: usize = 228;
     pub const FCNTL: usize = 72;
+    pub const IOPERM: usize = 173;
 }
 
 /// Address family of IPv4 sockets.
@@ -505,6 +506,30 @@ pub fn readable_now(fd: BorrowedFd<'_>) -> io::Result<bool> {
         Err(e) if is_errno(&e, EINTR) => Ok(false),
         Err(e) => Err(e),
     }
+}
+
+/// Writes `value` to the host's boot-mark port ([`crate::proto::boot::MARK_PORT`]): the host
+/// stamps the moment on its own clock. Best effort: a kernel without `ioperm` (no
+/// `CONFIG_X86_IOPL_IOPERM`) gets no host stamp. The access is dropped again at once, so nothing
+/// this process starts inherits it.
+pub fn port_mark(value: u8) {
+    let port = usize::from(crate::proto::boot::MARK_PORT);
+    // SAFETY: ioperm(2) only changes this process's I/O permission bitmap.
+    if check(unsafe { syscall6(nr::IOPERM, [port, 1, 1, 0, 0, 0]) }).is_err() {
+        return;
+    }
+    // SAFETY: the port was just granted to this process; `out` writes one byte to it and
+    // touches no memory. The host's handler only records the time.
+    unsafe {
+        std::arch::asm!(
+            "out dx, al",
+            in("dx") crate::proto::boot::MARK_PORT,
+            in("al") value,
+            options(nomem, nostack, preserves_flags)
+        );
+    }
+    // SAFETY: as above; this drops the permission.
+    let _ = unsafe { syscall6(nr::IOPERM, [port, 1, 0, 0, 0, 0]) };
 }
 
 /// Time since the guest kernel booted (`CLOCK_BOOTTIME`); zero if the clock cannot be read.

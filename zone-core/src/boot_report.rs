@@ -20,7 +20,23 @@ pub(crate) struct BootClock {
     first_ended: OnceLock<Instant>,
     /// The agent's marks, once asked for (they never change).
     guest: OnceLock<Vec<(String, Duration)>>,
+    /// When the agent wrote each of its port marks (`PORT_MARKS`' order), on the host's clock.
+    port: [OnceLock<Instant>; PORT_MARKS],
 }
+
+/// How many marks the agent stamps through the boot-mark port.
+const PORT_MARKS: usize = zone_agent::proto::boot::PORT_MARKS.len();
+
+/// The agent's port marks as the boot report names them (`PORT_MARKS`' order).
+const PORT_MARK_NAMES: [&str; PORT_MARKS] = [
+    "agent started (agent)",
+    "mounts done (agent)",
+    "modules loaded (agent)",
+    "root filesystem ready (agent)",
+    "network ready (agent)",
+    "agent port listening (agent)",
+    "server ready (agent)",
+];
 
 impl BootClock {
     pub(crate) fn new(started: Instant) -> Self {
@@ -31,7 +47,31 @@ impl BootClock {
             first_started: OnceLock::new(),
             first_ended: OnceLock::new(),
             guest: OnceLock::new(),
+            port: Default::default(),
         }
+    }
+
+    /// The guest wrote `value` to the boot-mark port: the first write of a known value is
+    /// stamped, anything else ignored (the guest controls the port).
+    pub(crate) fn port_mark(&self, value: u8) {
+        let Some(slot) = usize::from(value)
+            .checked_sub(1)
+            .and_then(|i| self.port.get(i))
+        else {
+            return;
+        };
+        let _ = slot.set(Instant::now());
+    }
+
+    /// The port marks stamped so far, since `build()`, in `PORT_MARKS`' order.
+    pub(crate) fn port_marks(&self) -> Vec<(&'static str, Duration)> {
+        PORT_MARK_NAMES
+            .iter()
+            .zip(&self.port)
+            .filter_map(|(name, at)| {
+                Some((*name, at.get()?.saturating_duration_since(self.started)))
+            })
+            .collect()
     }
 
     /// Records the build's phases and that the vCPUs are starting.
@@ -75,7 +115,9 @@ pub struct BootReport {
     pub build_phases: Vec<(&'static str, Duration)>,
     /// What the host saw the zone reach, since `build()` was called, in order of occurrence:
     /// `vCPUs started`, `first console output`, `vsock driver ready`, `agent answered`,
-    /// `first command started`, `first command ended` (those reached so far).
+    /// `first command started`, `first command ended` (those reached so far), and the agent's
+    /// steps as the host saw them through its boot-mark port, named `... (agent)` (Linux zones
+    /// whose kernel lets the agent use `ioperm`).
     pub milestones: Vec<(&'static str, Duration)>,
     /// The agent's marks (Linux zones with the zones agent), on the guest's clock:
     /// `agent_start` (the kernel's own boot is over), `mounted`, `modules_loaded`,
@@ -167,6 +209,7 @@ impl ZoneHandle {
         ]
         .into_iter()
         .filter_map(|(name, at)| Some((name, at?)))
+        .chain(clock.port_marks())
         .collect();
         milestones.sort_by_key(|m| m.1);
         BootReport {

@@ -1,5 +1,6 @@
 //! Device models and the buses that route port I/O and MMIO exits to them.
 
+pub(crate) mod boot_mark;
 pub(crate) mod power;
 pub(crate) mod serial;
 pub(crate) mod virtio;

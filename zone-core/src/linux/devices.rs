@@ -10,6 +10,7 @@ use crate::device::{
     GuestSetup, Interrupt, MsiRouter, Transport, VirtioDevice,
 };
 use crate::devices::Bus;
+use crate::devices::boot_mark::BootMarkPort;
 use crate::devices::power::PowerRegister;
 use crate::devices::serial::SerialPort;
 use crate::devices::virtio::mmio::{MmioTransport, QUEUE_NOTIFY};
@@ -46,6 +47,9 @@ pub(crate) fn legacy(vm: &VmFd, shared: &Arc<ZoneShared>) -> Result<Bus, LinuxEr
         Box::new(move |request| exits::stop_reason(&power_shared, request)),
     );
     pio.insert(u64::from(layout::ACPI_PM_PORT), 1, Arc::new(power))?;
+    let marks_shared = shared.clone();
+    let marks = BootMarkPort::new(Box::new(move |value| marks_shared.boot.port_mark(value)));
+    pio.insert(u64::from(layout::BOOT_MARK_PORT), 1, Arc::new(marks))?;
     Ok(pio)
 }
 
