@@ -81,11 +81,11 @@ fn fair_boot(
     // The same peers again with the guest-kernel arguments zones adds for speed, so that the
     // table tells what the VMM gains apart from what the arguments gain.
     let extra = peers::zones_extra_args(&zones_boot().full_cmdline());
-    if !extra.is_empty() {
-        let (more, why) = peers::peers_with(bzimage, vmlinux, initrd, work, &extra);
-        found.extend(more);
-        skipped.extend(why);
-    }
+    let (mut with_args, why) = match extra.is_empty() {
+        true => Default::default(),
+        false => peers::peers_with(bzimage, vmlinux, initrd, work, &extra),
+    };
+    skipped.extend(why);
     for why in skipped {
         println!("boot ({label}): peer SKIPPED: {why}");
     }
@@ -95,6 +95,10 @@ fn fair_boot(
         return;
     }
     peers::keep_booting(&mut found, &format!("boot ({label})"));
+    peers::keep_booting(&mut with_args, &format!("boot ({label})"));
+    // `found[..plain]` run on the plain command line, the rest with zones' arguments.
+    let plain = found.len();
+    found.append(&mut with_args);
     let mut zones_runs = Vec::new();
     let mut last_report = None;
     let peer_runs = peers::interleaved(ROUNDS, label, &found, || {
@@ -116,7 +120,7 @@ fn fair_boot(
     );
     // The best peer on its plain command line, and the best with zones' arguments.
     let mut best: [Option<(String, Duration)>; 2] = [None, None];
-    for (peer, runs) in found.iter().zip(peer_runs) {
+    for (i, (peer, runs)) in found.iter().zip(peer_runs).enumerate() {
         if runs.is_empty() {
             println!("boot ({label}): {}: failed every round", peer.label);
             continue;
@@ -129,7 +133,7 @@ fn fair_boot(
             m.as_millis(),
             zones_median.as_secs_f64() / m.as_secs_f64()
         );
-        let kind = &mut best[usize::from(peer.label.contains(" + `"))];
+        let kind = &mut best[usize::from(i >= plain)];
         if kind.as_ref().is_none_or(|b| m < b.1) {
             *kind = Some((peer.label.clone(), m));
         }

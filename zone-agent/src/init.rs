@@ -127,9 +127,7 @@ struct Marks(Vec<(String, u64)>);
 
 impl Marks {
     fn reached(&mut self, step: &str) {
-        if let Some(value) = proto::boot::port_value(step) {
-            sys::port_mark(value);
-        }
+        sys::port_mark(step);
         let micros = sys::boottime().as_micros().min(u128::from(u64::MAX)) as u64;
         self.0.push((step.to_string(), micros));
     }

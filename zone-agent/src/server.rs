@@ -77,13 +77,6 @@ fn boot_times() -> String {
     text
 }
 
-/// Stamps `mark` on the host's clock too (see [`proto::boot::PORT_MARKS`]).
-fn port_mark(mark: &str) {
-    if let Some(value) = proto::boot::port_value(mark) {
-        sys::port_mark(value);
-    }
-}
-
 /// Guest boot time now, in microseconds.
 fn now_micros() -> u64 {
     sys::boottime().as_micros().min(u128::from(u64::MAX)) as u64
@@ -127,11 +120,11 @@ pub fn run() -> ! {
     let listener = inherited_listener().unwrap_or_else(|| {
         let listener = listen_with_retries(proto::AGENT_PORT);
         let _ = LISTENING_AT.set(now_micros());
-        port_mark(proto::boot::LISTENING);
+        sys::port_mark(proto::boot::LISTENING);
         listener
     });
     let _ = SERVING_AT.set(now_micros());
-    port_mark(proto::boot::SERVING);
+    sys::port_mark(proto::boot::SERVING);
     eprintln!("zone-agent: ready");
     loop {
         match sys::accept4(listener.as_fd(), sys::SOCK_CLOEXEC) {

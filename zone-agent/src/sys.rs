@@ -508,11 +508,15 @@ pub fn readable_now(fd: BorrowedFd<'_>) -> io::Result<bool> {
     }
 }
 
-/// Writes `value` to the host's boot-mark port ([`crate::proto::boot::MARK_PORT`]): the host
-/// stamps the moment on its own clock. Best effort: a kernel without `ioperm` (no
-/// `CONFIG_X86_IOPL_IOPERM`) gets no host stamp. The access is dropped again at once, so nothing
-/// this process starts inherits it.
-pub fn port_mark(value: u8) {
+/// Writes boot mark `mark`'s value to the host's boot-mark port
+/// ([`crate::proto::boot::MARK_PORT`]): the host stamps the moment on its own clock. A mark not
+/// in [`crate::proto::boot::PORT_MARKS`] writes nothing. Best effort: a kernel without `ioperm`
+/// (no `CONFIG_X86_IOPL_IOPERM`) gets no host stamp. The access is dropped again at once, so
+/// nothing this process starts inherits it.
+pub fn port_mark(mark: &str) {
+    let Some(value) = crate::proto::boot::port_value(mark) else {
+        return;
+    };
     let port = usize::from(crate::proto::boot::MARK_PORT);
     // SAFETY: ioperm(2) only changes this process's I/O permission bitmap.
     if check(unsafe { syscall6(nr::IOPERM, [port, 1, 1, 0, 0, 0]) }).is_err() {

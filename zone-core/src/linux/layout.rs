@@ -73,9 +73,9 @@ pub(crate) fn pci_intx_gsi(slot: u8, pin: u8) -> u32 {
 }
 /// I/O port of the ACPI sleep-control/reset register.
 pub(crate) const ACPI_PM_PORT: u16 = 0x3c0;
-/// I/O ports of COM1.
 /// The boot-mark register the agent writes its steps to (`zone_agent::proto::boot::MARK_PORT`).
 pub(crate) const BOOT_MARK_PORT: u16 = zone_agent::proto::boot::MARK_PORT;
+/// I/O ports of COM1.
 pub(crate) const SERIAL_PORT: u16 = 0x3f8;
 
 /// e820 entry types.
