@@ -42,36 +42,59 @@ impl std::fmt::Debug for Blob {
     }
 }
 
-/// A kernel image to load: bytes, or an open file that the loader reads straight into guest
-/// memory (the host-decompressed vmlinux from the cache: 20-70 MB never copied through the VMM).
-pub(crate) enum KernelImage {
-    /// The image's bytes.
+/// A kernel image or an initramfs to load: bytes, or an open file that the loader reads straight
+/// into guest memory (the host-decompressed vmlinux and the generated initramfs from the cache:
+/// never copied through the VMM).
+pub(crate) enum Loadable {
+    /// The bytes.
     Bytes(Blob),
-    /// An ELF vmlinux file, positioned anywhere (the loader seeks).
+    /// A file (an ELF vmlinux or a cpio archive), positioned anywhere (the loader seeks).
     File(std::fs::File),
 }
 
-impl KernelImage {
+impl Loadable {
     /// The image's first `n` bytes (fewer if it is shorter): enough to tell its format and read
     /// its headers.
     pub(crate) fn head(&self, n: usize) -> std::io::Result<std::borrow::Cow<'_, [u8]>> {
-        use std::os::unix::fs::FileExt;
         match self {
             Self::Bytes(b) => Ok(std::borrow::Cow::Borrowed(&b[..n.min(b.len())])),
+            Self::File(_) => self.range(0, n).map(std::borrow::Cow::Owned),
+        }
+    }
+
+    /// The image's `n` bytes from `offset` (fewer where it ends).
+    pub(crate) fn range(&self, offset: u64, n: usize) -> std::io::Result<Vec<u8>> {
+        use std::os::unix::fs::FileExt;
+        match self {
+            Self::Bytes(b) => {
+                let from = usize::try_from(offset).unwrap_or(usize::MAX).min(b.len());
+                Ok(b[from..from.saturating_add(n).min(b.len())].to_vec())
+            }
             Self::File(f) => {
-                let mut head = vec![0u8; n];
+                let mut bytes = vec![0u8; n];
                 let mut got = 0;
                 while got < n {
-                    match f.read_at(&mut head[got..], got as u64) {
+                    match f.read_at(&mut bytes[got..], offset.saturating_add(got as u64)) {
                         Ok(0) => break,
                         Ok(k) => got += k,
                         Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                         Err(e) => return Err(e),
                     }
                 }
-                head.truncate(got);
-                Ok(std::borrow::Cow::Owned(head))
+                bytes.truncate(got);
+                Ok(bytes)
             }
+        }
+    }
+
+    /// The image's length in bytes.
+    pub(crate) fn len(&self) -> Result<u64, super::boot::BootError> {
+        match self {
+            Self::Bytes(b) => Ok(b.len() as u64),
+            Self::File(f) => f
+                .metadata()
+                .map(|m| m.len())
+                .map_err(|e| super::boot::BootError::Load(format!("reading a boot file: {e}"))),
         }
     }
 }

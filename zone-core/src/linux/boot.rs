@@ -1,10 +1,11 @@
 //! Loading a Linux kernel and writing what the 64-bit boot protocol needs: the kernel (bzImage or
 //! ELF vmlinux), the initramfs at the top of low RAM, the command line and `boot_params`.
 
-use super::blob::KernelImage;
+use super::blob::Loadable;
+use super::elf_kernel;
 use super::layout;
 use linux_loader::bootparam::{boot_e820_entry, boot_params, setup_header};
-use linux_loader::loader::{KernelLoader, bzimage::BzImage, elf::Elf};
+use linux_loader::loader::{KernelLoader, bzimage::BzImage};
 use std::io::Cursor;
 use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 
@@ -77,7 +78,7 @@ const ELF_HEAD: usize = 64 << 10;
 /// straight into guest memory.
 pub(crate) fn load_kernel(
     mem: &GuestMemoryMmap,
-    image: &mut KernelImage,
+    image: &mut Loadable,
 ) -> Result<LoadedKernel, BootError> {
     let head = image
         .head(ELF_HEAD)
@@ -94,13 +95,18 @@ pub(crate) fn load_kernel(
                 end: ram_end,
             });
         }
+        let sections = match elf_kernel::section_table(&head) {
+            Some((at, len)) => image
+                .range(at, len)
+                .map_err(|e| BootError::Load(format!("reading the kernel image: {e}")))?,
+            None => Vec::new(),
+        };
+        let plan = elf_kernel::plan(&head, &sections, image.len()?)?;
         drop(head);
-        let start = Some(GuestAddress(layout::KERNEL_START));
-        let r = match image {
-            KernelImage::Bytes(b) => Elf::load(mem, None, &mut Cursor::new(&b[..]), start),
-            KernelImage::File(f) => Elf::load(mem, None, f, start),
+        match image {
+            Loadable::Bytes(b) => elf_kernel::copy_bytes(mem, &plan, b)?,
+            Loadable::File(f) => elf_kernel::copy_file(mem, &plan, f)?,
         }
-        .map_err(|e| BootError::Load(e.to_string()))?;
         let header = setup_header {
             boot_flag: KERNEL_BOOT_FLAG_MAGIC,
             header: KERNEL_HDR_MAGIC,
@@ -108,15 +114,15 @@ pub(crate) fn load_kernel(
             ..Default::default()
         };
         return Ok(LoadedKernel {
-            entry: r.kernel_load.0,
-            end: r.kernel_end,
+            entry: plan.entry,
+            end: plan.end,
             header,
         });
     }
     drop(head);
     let image = match image {
-        KernelImage::Bytes(b) => &b[..],
-        KernelImage::File(_) => {
+        Loadable::Bytes(b) => &b[..],
+        Loadable::File(_) => {
             return Err(BootError::UnknownFormat(
                 "a kernel file that is not an ELF vmlinux".into(),
             ));
@@ -172,9 +178,9 @@ pub(crate) fn load_initramfs(
     mem: &GuestMemoryMmap,
     kernel: &LoadedKernel,
     mem_size: u64,
-    initramfs: &[u8],
+    initramfs: &mut Loadable,
 ) -> Result<u64, BootError> {
-    let len = initramfs.len() as u64;
+    let len = initramfs.len()?;
     let limit = match kernel.header.initrd_addr_max {
         0 => 0x7fff_ffff,
         max => u64::from(max),
@@ -195,7 +201,18 @@ pub(crate) fn load_initramfs(
             end: top,
         });
     }
-    mem.write_slice(initramfs, GuestAddress(at))?;
+    match initramfs {
+        Loadable::Bytes(b) => mem.write_slice(b, GuestAddress(at))?,
+        Loadable::File(f) => {
+            use std::io::{Seek, SeekFrom};
+            let read = |e: std::io::Error| BootError::Load(format!("reading the initramfs: {e}"));
+            f.seek(SeekFrom::Start(0)).map_err(read)?;
+            let len =
+                usize::try_from(len).map_err(|_| BootError::Load("initramfs too large".into()))?;
+            mem.read_exact_volatile_from(GuestAddress(at), f, len)
+                .map_err(|e| BootError::Load(format!("reading the initramfs: {e}")))?;
+        }
+    }
     Ok(at)
 }
 
@@ -262,8 +279,8 @@ fn zero_page_bytes(params: &boot_params) -> Vec<u8> {
 mod tests {
     use super::*;
 
-    fn bytes(b: &[u8]) -> KernelImage {
-        KernelImage::Bytes(super::super::blob::Blob::Owned(b.to_vec()))
+    fn bytes(b: &[u8]) -> Loadable {
+        Loadable::Bytes(super::super::blob::Blob::Owned(b.to_vec()))
     }
 
     fn mem(size: u64) -> GuestMemoryMmap {
@@ -355,11 +372,22 @@ mod tests {
         ));
         let big = vec![0u8; 10 << 20];
         assert!(matches!(
-            load_initramfs(&m, &kernel(0x800000), 16 << 20, &big),
+            load_initramfs(&m, &kernel(0x800000), 16 << 20, &mut bytes(&big)),
             Err(BootError::NoRoom { .. })
         ));
-        let at = load_initramfs(&m, &kernel(0x800000), 16 << 20, &[1u8; 5000]).unwrap();
+        let at = load_initramfs(&m, &kernel(0x800000), 16 << 20, &mut bytes(&[1u8; 5000])).unwrap();
         assert_eq!(at, (16 << 20) - 0x2000, "page-aligned at the top");
+        // From a file (a cached archive), the same bytes at the same place.
+        let path = std::env::temp_dir().join(format!("zones-initrd-test-{}", std::process::id()));
+        let data: Vec<u8> = (0..5000u32).map(|i| (i % 253) as u8).collect();
+        std::fs::write(&path, &data).unwrap();
+        let mut file = Loadable::File(std::fs::File::open(&path).unwrap());
+        std::fs::remove_file(&path).unwrap();
+        let at = load_initramfs(&m, &kernel(0x800000), 16 << 20, &mut file).unwrap();
+        assert_eq!(at, (16 << 20) - 0x2000);
+        let mut got = vec![0u8; 5000];
+        m.read_slice(&mut got, GuestAddress(at)).unwrap();
+        assert_eq!(got, data);
     }
 
     #[test]

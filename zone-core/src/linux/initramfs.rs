@@ -33,7 +33,7 @@ const BASE_DIRS: [(&str, u32); 7] = [
 ];
 
 /// Largest initramfs [`build`] produces.
-const MAX_INITRAMFS: usize = 1 << 30;
+pub(crate) const MAX_INITRAMFS: usize = 1 << 30;
 /// Largest `modules.dep` or `modules.builtin` read (Debian's `modules.dep` is about 500 KiB).
 const MAX_INDEX: u64 = 64 << 20;
 /// Where the modules go in the guest.

@@ -4,15 +4,18 @@
 mod acpi;
 mod agent;
 mod blob;
-use blob::{Blob, KernelImage, Scratch};
+use blob::{Blob, Loadable, Scratch};
 mod boot;
+mod cache;
 mod cpio;
 mod cpu;
 mod decompress;
 mod devices;
 mod disk;
+mod elf_kernel;
 mod exits;
 mod initramfs;
+mod initramfs_cache;
 pub(crate) mod layout;
 mod payload;
 pub(crate) mod pci;
@@ -115,6 +118,13 @@ const DISK_MODULE: &str = "virtio_blk";
 /// it needs (from the modules directory, when the kernel is modular) and any extra files; the
 /// zone then runs commands with [`ZoneHandle::exec`](crate::ZoneHandle::exec). With
 /// [`LinuxBoot::initrd`] a custom initramfs replaces all of that (and `exec` is unavailable).
+///
+/// The archive is cached on disk (`initramfs/` in the directory [`Rootfs::cache_dir`]
+/// describes, owner-only, the 16 most recently used kept), keyed by the agent and by every
+/// input's path and identity (device, inode, size, modification and change times), so a zone
+/// whose archive an earlier one made, in this process or another, has it read straight into its
+/// memory. An archive with a file given as bytes ([`LinuxBoot::file_bytes`]) is
+/// never cached: those bytes may be meant for one zone alone.
 #[derive(Clone, Debug)]
 pub struct LinuxBoot {
     kernel: Image,
@@ -479,12 +489,12 @@ impl LinuxBoot {
         &self,
         device_modules: &[String],
         rootfs: Option<&rootfs::Prepared>,
-    ) -> Result<(Blob, bool), LinuxError> {
+    ) -> Result<(Loadable, bool), LinuxError> {
         if let Some(image) = &self.initrd {
             if rootfs.is_some() {
                 return Err(LinuxError::RootfsWithInitrd);
             }
-            return Ok((image.read("initramfs")?, false));
+            return Ok((Loadable::Bytes(image.read("initramfs")?), false));
         }
         let modules = match &self.modules_dir {
             Some(dir) => {
@@ -509,6 +519,11 @@ impl LinuxBoot {
             }
             None => Vec::new(),
         };
+        // Bytes the caller gave may be a secret for this zone: never written to the cache.
+        let cacheable = self
+            .files
+            .iter()
+            .all(|f| !matches!(f.contents, FileContents::Bytes(_)));
         let mut files = self.files.clone();
         if let Some(r) = rootfs {
             files.push(ExtraFile {
@@ -517,7 +532,21 @@ impl LinuxBoot {
                 contents: FileContents::Bytes(r.agent_config().into_bytes().into()),
             });
         }
-        Ok((initramfs::build(agent::AGENT, &modules, &files)?, true))
+        let dir = initramfs_cache::cache_dir();
+        let cached = cacheable
+            .then(|| initramfs_cache::file_name(agent::GENERATOR_SHA256, &modules, &files))
+            .flatten();
+        if let Some(name) = &cached
+            && let Some(archive) =
+                initramfs_cache::lookup(&dir, name, initramfs::MAX_INITRAMFS as u64)
+        {
+            return Ok((archive, true));
+        }
+        let archive = initramfs::build(agent::AGENT, &modules, &files)?;
+        if let Some(name) = &cached {
+            initramfs_cache::keep(&dir, name, &archive);
+        }
+        Ok((Loadable::Bytes(archive), true))
     }
 }
 
@@ -561,11 +590,11 @@ pub(crate) fn build(
                         }
                         Err(kept) => {
                             tracing::debug!(target: "zones::build", zone = %s.zone, reason = ?kept, "kernel left compressed");
-                            KernelImage::Bytes(image)
+                            Loadable::Bytes(image)
                         }
                     }
                 }
-                false => KernelImage::Bytes(image),
+                false => Loadable::Bytes(image),
             }
         }
     };
@@ -577,7 +606,7 @@ pub(crate) fn build(
         None => None,
     };
     phases.done("root filesystem");
-    let (initramfs, with_agent) = boot
+    let (mut initramfs, with_agent) = boot
         .initramfs(&guest.modules, rootfs.as_ref())
         .map_err(err)?;
     phases.done("initramfs");
@@ -603,7 +632,14 @@ pub(crate) fn build(
         .map_err(s.vm_err("KVM_CREATE_IRQCHIP"))?;
     let mem = s.memory(&vm, &layout::ram_regions(s.mem_size))?;
     phases.done("VM and memory");
-    let kernel = load(&mem, &mut kernel_image, &initramfs, &cmdline, s.mem_size).map_err(err)?;
+    let kernel = load(
+        &mem,
+        &mut kernel_image,
+        &mut initramfs,
+        &cmdline,
+        s.mem_size,
+    )
+    .map_err(err)?;
     // Copied into the guest: the build's large buffers are garbage now.
     drop((kernel_image, initramfs));
     phases.done("kernel and boot data loaded");
@@ -681,24 +717,19 @@ pub(crate) fn build(
 /// Writes boot tables, kernel, initramfs, command line and boot parameters into guest memory.
 fn load(
     mem: &vm_memory::GuestMemoryMmap,
-    kernel_image: &mut KernelImage,
-    initramfs: &[u8],
+    kernel_image: &mut Loadable,
+    initramfs: &mut Loadable,
     cmdline: &str,
     mem_size: u64,
 ) -> Result<boot::LoadedKernel, LinuxError> {
     cpu::write_tables(mem)?;
     let kernel = boot::load_kernel(mem, kernel_image)?;
-    let initrd_at = match initramfs.is_empty() {
-        true => 0,
-        false => boot::load_initramfs(mem, &kernel, mem_size, initramfs)?,
+    let len = initramfs.len()?;
+    let initrd_at = match len {
+        0 => 0,
+        _ => boot::load_initramfs(mem, &kernel, mem_size, initramfs)?,
     };
-    boot::write_boot_params(
-        mem,
-        &kernel,
-        cmdline,
-        (initrd_at, initramfs.len() as u64),
-        mem_size,
-    )?;
+    boot::write_boot_params(mem, &kernel, cmdline, (initrd_at, len), mem_size)?;
     Ok(kernel)
 }
 

@@ -12,7 +12,7 @@
 //! Without `xz`, or for another format (lz4, lzo, bzip2), the bzImage boots as it is: the guest
 //! decompresses it, as it always did. Nothing about the zone's isolation changes either way.
 
-use super::blob::{Blob, KernelImage};
+use super::blob::{Blob, Loadable};
 use super::decompress::{Compression, decompress};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -100,25 +100,22 @@ fn name_by_path(path: &Path) -> Option<String> {
 
 /// `<SHA-256 of bytes>.vmlinux`.
 fn hex_name(bytes: &[u8]) -> String {
-    use sha2::Digest;
-    let digest: [u8; 32] = sha2::Sha256::digest(bytes).into();
-    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
-    format!("{hex}.vmlinux")
+    format!("{}.vmlinux", super::cache::hex_sha256(bytes))
 }
 
 /// The cached vmlinux of the bzImage at `path` in `cache`, if an earlier zone made it (found by
 /// the file's path, size and modification time: the bzImage itself is not read).
-pub(crate) fn cached_vmlinux(path: &Path, cache: &Path) -> Option<KernelImage> {
+pub(crate) fn cached_vmlinux(path: &Path, cache: &Path) -> Option<Loadable> {
     open_cached(&cache.join(name_by_path(path)?))
 }
 
 /// The vmlinux in cache file `file`, open, if it is one.
-fn open_cached(file: &Path) -> Option<KernelImage> {
+fn open_cached(file: &Path) -> Option<Loadable> {
     let file = std::fs::File::open(file).ok()?;
     if file.metadata().ok()?.len() > MAX_VMLINUX as u64 {
         return None;
     }
-    let image = KernelImage::File(file);
+    let image = Loadable::File(file);
     image
         .head(4)
         .is_ok_and(|h| h.starts_with(b"\x7fELF"))
@@ -132,7 +129,7 @@ pub(crate) fn vmlinux(
     path: Option<&Path>,
     image: &[u8],
     cache: Option<&Path>,
-) -> Result<KernelImage, Kept> {
+) -> Result<Loadable, Kept> {
     let Some((format, data)) = payload(image) else {
         return Err(Kept::NotBzImage);
     };
@@ -150,25 +147,9 @@ pub(crate) fn vmlinux(
         return Err(Kept::Corrupt("the payload is not an ELF image".into()));
     }
     if let Some(file) = &cached {
-        store(file, &vmlinux);
+        super::cache::store(file, &vmlinux);
     }
-    Ok(KernelImage::Bytes(Blob::Owned(vmlinux)))
-}
-
-/// Writes `bytes` to `file` atomically (a temporary file renamed), best effort: a cache that
-/// cannot be written only costs the next zone the decompression.
-fn store(file: &Path, bytes: &[u8]) {
-    let Some(dir) = file.parent() else { return };
-    if std::fs::create_dir_all(dir).is_err() {
-        return;
-    }
-    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let tmp = dir.join(format!(".tmp-{}-{n}", std::process::id()));
-    if std::fs::write(&tmp, bytes).is_ok() && std::fs::rename(&tmp, file).is_ok() {
-        return;
-    }
-    let _ = std::fs::remove_file(&tmp);
+    Ok(Loadable::Bytes(Blob::Owned(vmlinux)))
 }
 
 /// The kernel cache directory: `kernels/` in the zones cache directory.
@@ -238,10 +219,10 @@ mod tests {
     use super::*;
 
     /// All the bytes of a kernel image.
-    fn contents(image: KernelImage) -> Vec<u8> {
+    fn contents(image: Loadable) -> Vec<u8> {
         match image {
-            KernelImage::Bytes(b) => b.to_vec(),
-            KernelImage::File(mut f) => {
+            Loadable::Bytes(b) => b.to_vec(),
+            Loadable::File(mut f) => {
                 let mut all = Vec::new();
                 f.read_to_end(&mut all).unwrap();
                 all
@@ -316,7 +297,7 @@ mod tests {
             elf
         );
         let hit = cached_vmlinux(&kernel, &cache).expect("cached by path");
-        assert!(matches!(hit, KernelImage::File(_)), "handed over open");
+        assert!(matches!(hit, Loadable::File(_)), "handed over open");
         assert_eq!(contents(hit), elf);
         // A bzImage that changed (its size here) is another kernel: no stale vmlinux.
         std::fs::write(&kernel, [image.as_slice(), &[0]].concat()).unwrap();
