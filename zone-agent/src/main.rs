@@ -1,5 +1,6 @@
-//! The `zone-agent` executable: `/init` (PID 1) of a zones Linux zone, which starts itself again
-//! as `zone-agent --serve` to serve the host's commands over vsock. See the library's docs.
+//! The `zone-agent` executable: `/init` (PID 1) of a zones Linux zone, which forks the server that
+//! serves the host's commands over vsock; `zone-agent --serve` starts that server by itself. See
+//! the library's docs.
 
 fn main() {
     let mut args = std::env::args_os().skip(1);

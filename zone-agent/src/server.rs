@@ -1,7 +1,7 @@
 //! The agent's vsock server: accepts connections on [`AGENT_PORT`](proto::AGENT_PORT) and serves
 //! one command (or one `PING`) per connection, as [`proto`] describes.
 //!
-//! [`run`] is the `--serve` process; [`handle_connection`] serves one connection over any
+//! [`run`] is the server process (forked by PID 1, or `zone-agent --serve`); [`handle_connection`] serves one connection over any
 //! connected stream socket (tests drive it over a Unix socket pair).
 
 mod defaults;
@@ -111,7 +111,7 @@ pub fn listen_vsock(port: u32) -> io::Result<OwnedFd> {
     Ok(sock)
 }
 
-/// The `--serve` process: takes the listening socket PID 1 passed (or, started otherwise,
+/// The server process: takes the listening socket PID 1 passed (or, started otherwise,
 /// listens on [`AGENT_PORT`](proto::AGENT_PORT) itself, retrying for about ten seconds while the
 /// vsock transport comes up), prints `zone-agent: ready`, then serves every connection on its
 /// own thread, forever. Exits with status 1 if it cannot listen.

@@ -567,6 +567,37 @@ pub fn kill(pid: i32, sig: i32) -> io::Result<()> {
     check(ret).map(drop)
 }
 
+/// Which side of a [`fork_single_threaded`] this is.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Forked {
+    /// The new process.
+    Child,
+    /// The caller, with the child's pid.
+    Parent(i32),
+}
+
+unsafe extern "C" {
+    /// The C library's `fork(3)`: unlike the raw system call, it also brings the library's own
+    /// per-thread state (the cached thread id, its locks) right in the child.
+    #[link_name = "fork"]
+    fn libc_fork() -> i32;
+}
+
+/// `fork(3)`: a copy of this process with only the calling thread.
+///
+/// # Safety
+///
+/// The process must have no other thread: the child has only the caller's, so a lock another
+/// thread held (the allocator's, the environment's) would stay held in the child forever.
+pub unsafe fn fork_single_threaded() -> io::Result<Forked> {
+    // SAFETY: the caller guarantees a single-threaded process; fork takes no arguments.
+    match unsafe { libc_fork() } {
+        -1 => Err(io::Error::last_os_error()),
+        0 => Ok(Forked::Child),
+        pid => Ok(Forked::Parent(pid)),
+    }
+}
+
 /// `wait4(2)` without resource usage, retried on `EINTR`: waits for child `pid` (-1: any child)
 /// and returns `(pid, raw wait status)`. With [`WNOHANG`] the pid is 0 when no child changed
 /// state. Decode the status with `std::os::unix::process::ExitStatusExt::from_raw`.
