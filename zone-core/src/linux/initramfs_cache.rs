@@ -80,6 +80,41 @@ pub(crate) fn keep(dir: &Path, name: &str, archive: &[u8]) {
     }
 }
 
+/// How many module resolutions a process remembers.
+const MAX_RESOLUTIONS: usize = 32;
+
+/// [`super::initramfs::resolve_modules`], remembered for the life of the process by the module
+/// index's identity (`modules.dep` and `modules.builtin`) and the names asked: a new or rewritten
+/// index is read again. Parsing Debian's 527 KB `modules.dep` was most of a zone's initramfs
+/// phase once the archive came from the cache. Failures are not remembered.
+pub(crate) fn resolve_modules(
+    modules_dir: &Path,
+    wanted: &[&str],
+) -> Result<Vec<ModuleFile>, super::initramfs::InitramfsError> {
+    use std::collections::HashMap;
+    use std::sync::{Mutex, OnceLock};
+    static MEMO: OnceLock<Mutex<HashMap<String, Vec<ModuleFile>>>> = OnceLock::new();
+    let index = |name: &str| identity(&modules_dir.join(name)).unwrap_or_default();
+    let key = format!(
+        "{}\0{}\0{}\0{}",
+        modules_dir.display(),
+        index("modules.dep"),
+        index("modules.builtin"),
+        wanted.join("\0")
+    );
+    let memo = MEMO.get_or_init(Mutex::default);
+    if let Some(found) = memo.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
+        return Ok(found.clone());
+    }
+    let resolved = super::initramfs::resolve_modules(modules_dir, wanted)?;
+    let mut memo = memo.lock().unwrap_or_else(|e| e.into_inner());
+    if memo.len() >= MAX_RESOLUTIONS {
+        memo.clear();
+    }
+    memo.insert(key, resolved.clone());
+    Ok(resolved)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -142,6 +177,30 @@ mod tests {
             lookup(&dir, "junk.cpio", 1 << 20).is_none(),
             "not a cpio archive"
         );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_resolution_is_remembered_until_the_index_changes() {
+        let dir = std::env::temp_dir().join(format!("zones-resolve-memo-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("kernel")).unwrap();
+        std::fs::write(dir.join("kernel/a.ko"), b"a").unwrap();
+        std::fs::write(dir.join("kernel/b.ko"), b"b").unwrap();
+        std::fs::write(dir.join("modules.dep"), "kernel/a.ko:\n").unwrap();
+        let names = |m: Vec<ModuleFile>| m.into_iter().map(|m| m.name).collect::<Vec<_>>();
+        assert_eq!(names(resolve_modules(&dir, &["a"]).unwrap()), ["a"]);
+        assert!(
+            resolve_modules(&dir, &["b"]).is_err(),
+            "b is not in the index"
+        );
+        // The index rewritten in place: read again.
+        std::fs::write(
+            dir.join("modules.dep"),
+            "kernel/a.ko: kernel/b.ko\nkernel/b.ko:\n",
+        )
+        .unwrap();
+        assert_eq!(names(resolve_modules(&dir, &["a"]).unwrap()), ["b", "a"]);
+        assert_eq!(names(resolve_modules(&dir, &["b"]).unwrap()), ["b"]);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

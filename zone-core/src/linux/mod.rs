@@ -509,13 +509,13 @@ impl LinuxBoot {
                     wanted.extend(r.modules());
                     // ext4 images with metadata checksums need crc32c (a soft dependency
                     // that depmod does not list): load it where the kernel has it as a module.
-                    if initramfs::resolve_modules(dir, &["crc32c_generic"]).is_ok() {
+                    if initramfs_cache::resolve_modules(dir, &["crc32c_generic"]).is_ok() {
                         wanted.push("crc32c_generic");
                     }
                 }
                 let mut seen = std::collections::HashSet::new();
                 wanted.retain(|m| seen.insert(m.replace('-', "_")));
-                initramfs::resolve_modules(dir, &wanted)?
+                initramfs_cache::resolve_modules(dir, &wanted)?
             }
             None => Vec::new(),
         };
