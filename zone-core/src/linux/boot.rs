@@ -203,15 +203,8 @@ pub(crate) fn load_initramfs(
     }
     match initramfs {
         Loadable::Bytes(b) => mem.write_slice(b, GuestAddress(at))?,
-        Loadable::File(f) => {
-            use std::io::{Seek, SeekFrom};
-            let read = |e: std::io::Error| BootError::Load(format!("reading the initramfs: {e}"));
-            f.seek(SeekFrom::Start(0)).map_err(read)?;
-            let len =
-                usize::try_from(len).map_err(|_| BootError::Load("initramfs too large".into()))?;
-            mem.read_exact_volatile_from(GuestAddress(at), f, len)
-                .map_err(|e| BootError::Load(format!("reading the initramfs: {e}")))?;
-        }
+        Loadable::File(f) => super::blob::read_into_guest(f, mem, 0, len, at)
+            .map_err(|e| BootError::Load(format!("reading the initramfs: {e}")))?,
     }
     Ok(at)
 }

@@ -155,12 +155,8 @@ pub(crate) fn copy_file(
     plan: &Plan,
     file: &mut std::fs::File,
 ) -> Result<(), BootError> {
-    use std::io::{Seek, SeekFrom};
     for p in &plan.pieces {
-        file.seek(SeekFrom::Start(p.offset))
-            .map_err(|e| BootError::Load(format!("reading the kernel image: {e}")))?;
-        let len = usize::try_from(p.len).map_err(|_| bad("segment too large"))?;
-        mem.read_exact_volatile_from(GuestAddress(p.guest), file, len)
+        super::blob::read_into_guest(file, mem, p.offset, p.len, p.guest)
             .map_err(|e| BootError::Load(format!("reading the kernel image: {e}")))?;
     }
     Ok(())

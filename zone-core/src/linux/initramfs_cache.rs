@@ -19,7 +19,7 @@ pub(crate) const MAX_ENTRIES: usize = 16;
 /// Suffix of a cached archive.
 const SUFFIX: &str = ".cpio";
 /// What every archive the SDK writes starts with (a cpio "newc" header).
-const CPIO_MAGIC: &[u8] = b"070701";
+const CPIO_MAGIC: [u8; 6] = *b"070701";
 
 /// The initramfs cache directory: `initramfs/` in the zones cache directory.
 pub(crate) fn cache_dir() -> PathBuf {
@@ -58,19 +58,19 @@ pub(crate) fn file_name(
 /// The cached archive `name` in `dir`, open, if it is one (a regular file of at most `limit`
 /// bytes that starts like a cpio archive); its use renews it.
 pub(crate) fn lookup(dir: &Path, name: &str, limit: u64) -> Option<Loadable> {
+    use std::os::unix::fs::FileExt;
     let file = std::fs::File::open(dir.join(name)).ok()?;
     let meta = file.metadata().ok()?;
-    if !meta.is_file() || meta.len() > limit || meta.len() < CPIO_MAGIC.len() as u64 {
+    if !meta.is_file() || meta.len() > limit {
         return None;
     }
-    let image = Loadable::File(file);
-    if image.head(CPIO_MAGIC.len()).ok()?.as_ref() != CPIO_MAGIC {
+    let mut magic = [0u8; CPIO_MAGIC.len()];
+    file.read_exact_at(&mut magic, 0).ok()?;
+    if magic != CPIO_MAGIC {
         return None;
     }
-    if let Loadable::File(f) = &image {
-        let _ = f.set_modified(std::time::SystemTime::now());
-    }
-    Some(image)
+    let _ = file.set_modified(std::time::SystemTime::now());
+    Some(Loadable::File(file))
 }
 
 /// Keeps `archive` as `name` in `dir` (best effort), then trims the cache to [`MAX_ENTRIES`].
