@@ -64,6 +64,14 @@ fn boots_the_host_kernel_and_runs_commands() {
         modules.contains("vmw_vsock_virtio_transport") && !modules.contains("virtio_blk"),
         "{modules}"
     );
+    // Signed modules go in with their signatures beside them, and load without.
+    if host_modules_are_signed() {
+        assert!(
+            modules.contains("vmw_vsock_virtio_transport.ko.sig"),
+            "{modules}"
+        );
+        assert_ne!(tainted(&zone) & TAINT_UNSIGNED_MODULE, 0);
+    }
 
     let three = run(&zone, &sh("exit 3"));
     assert_eq!(three.status.code(), Some(3));
@@ -109,6 +117,65 @@ fn boots_the_host_kernel_and_runs_commands() {
         "{:?}",
         zone.events().drain()
     );
+}
+
+/// The guest kernel's taint flag for a module loaded without a (valid) signature.
+const TAINT_UNSIGNED_MODULE: u64 = 1 << 13;
+
+/// The guest kernel's taint flags.
+fn tainted(zone: &Zone) -> u64 {
+    let out = run(zone, &sh("cat /proc/sys/kernel/tainted"));
+    text(&out.stdout).parse().expect("a number")
+}
+
+/// Whether the host's vsock module carries a signature (Debian's do).
+fn host_modules_are_signed() -> bool {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
+    let module = format!(
+        "/lib/modules/{}/kernel/net/vmw_vsock/vmw_vsock_virtio_transport.ko",
+        release.trim()
+    );
+    std::fs::read(module).is_ok_and(|m| m.ends_with(b"~Module signature appended~\n"))
+}
+
+/// A kernel that demands signed modules (`module.sig_enforce=1`) refuses the agent's modules
+/// without their signatures; the agent loads each again with its signature and the zone starts,
+/// untainted. `guest_checks_module_signatures(true)` leaves the signatures on the modules.
+#[test]
+fn module_signatures_come_back_where_the_kernel_demands_them() {
+    require_linux!();
+    if !host_modules_are_signed() {
+        common::skipped(format_args!("the host's modules are not signed"));
+        return;
+    }
+    for (what, boot) in [
+        (
+            "module.sig_enforce=1",
+            boot().cmdline("module.sig_enforce=1"),
+        ),
+        (
+            "guest_checks_module_signatures",
+            boot().guest_checks_module_signatures(true),
+        ),
+    ] {
+        let zone = zone(boot, 1, 256);
+        let loaded = run(
+            &zone,
+            &sh("cut -d' ' -f1 /proc/modules; ls /lib/modules/zones"),
+        );
+        let loaded = text(&loaded.stdout);
+        assert!(
+            loaded.contains("vmw_vsock_virtio_transport"),
+            "{what}: {loaded}"
+        );
+        assert_eq!(tainted(&zone) & TAINT_UNSIGNED_MODULE, 0, "{what}");
+        let console = zone.console_text();
+        assert!(!console.contains("zone-agent: module"), "{what}: {console}");
+        if what == "guest_checks_module_signatures" {
+            assert!(!loaded.contains(".sig"), "{what}: {loaded}");
+        }
+        zone.kill();
+    }
 }
 
 /// The boot report of a Linux zone that ran commands: the build's phases, the host's milestones

@@ -1,7 +1,8 @@
 //! Builds the zones agent (a static x86-64 Linux executable) with the stock toolchain and leaves it
 //! in `$OUT_DIR/zone-agent`, where `src/linux/agent.rs` embeds it, with the SHA-256 (hex) of the
-//! agent and the initramfs writer's sources in `$OUT_DIR/initramfs-generator.sha256` (part of the
-//! initramfs cache's key: a new agent or a new archive layout never meets an old archive).
+//! agent and the initramfs writer's sources (archive, cpio and module-signature code) in
+//! `$OUT_DIR/initramfs-generator.sha256` (part of the initramfs cache's key: a new agent or a new
+//! archive layout never meets an old archive).
 
 fn main() {
     let out = std::path::PathBuf::from(std::env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
@@ -18,7 +19,11 @@ fn main() {
     use sha2::Digest;
     let mut hasher = sha2::Sha256::new();
     hasher.update(std::fs::read(out.join("zone-agent")).expect("reading the agent binary"));
-    for source in ["src/linux/initramfs.rs", "src/linux/cpio.rs"] {
+    for source in [
+        "src/linux/initramfs.rs",
+        "src/linux/cpio.rs",
+        "src/linux/module_sig.rs",
+    ] {
         println!("cargo:rerun-if-changed={source}");
         hasher.update(std::fs::read(source).expect("reading the initramfs writer's source"));
     }

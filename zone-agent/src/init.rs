@@ -164,7 +164,9 @@ pub fn module_order(order: &str) -> impl Iterator<Item = &str> {
     order.lines().map(str::trim).filter(|l| !l.is_empty())
 }
 
-/// Loads the modules listed in `<dir>/order` (files in `dir`) in that order. A module already
+/// Loads the modules listed in `<dir>/order` (files in `dir`) in that order. A module whose
+/// signature the host detached (`<name>.sig` beside it) is loaded without it first, and with it
+/// when the kernel refuses it so (it demands signatures). A module already
 /// loaded (`EEXIST`) is fine; every other failure becomes a
 /// `zone-agent: module <name>: <error>` message and loading continues. No `order` file: no
 /// modules.
@@ -195,10 +197,26 @@ fn load_module(dir: &Path, name: &str) -> std::io::Result<()> {
             "not a file name in the module directory",
         ));
     }
-    let file = std::fs::File::open(dir.join(name))?;
-    match sys::finit_module(file.as_fd(), c"", 0) {
+    let path = dir.join(name);
+    let file = std::fs::File::open(&path)?;
+    let unsigned = match sys::finit_module(file.as_fd(), c"", 0) {
+        Err(e) if sys::is_errno(&e, sys::EEXIST) => return Ok(()),
+        Ok(()) => return Ok(()),
+        Err(e) => e,
+    };
+    // The host detached the signature (`<name>.sig`): a kernel that demands one gets it back.
+    let Ok(signature) = std::fs::read(dir.join(format!("{name}.sig"))) else {
+        return Err(unsigned);
+    };
+    let mut image = std::fs::read(&path)?;
+    image.extend_from_slice(&signature);
+    match sys::init_module(&image, c"") {
         Err(e) if sys::is_errno(&e, sys::EEXIST) => Ok(()),
-        other => other,
+        Ok(()) => Ok(()),
+        Err(signed) => Err(std::io::Error::new(
+            signed.kind(),
+            format!("{unsigned}; with its signature: {signed}"),
+        )),
     }
 }
 

@@ -59,6 +59,7 @@ mod nr {
     pub const MOUNT: usize = 165;
     pub const ACCEPT4: usize = 288;
     pub const FINIT_MODULE: usize = 313;
+    pub const INIT_MODULE: usize = 175;
     pub const POLL: usize = 7;
     pub const IOCTL: usize = 16;
     pub const CLOCK_GETTIME: usize = 228;
@@ -384,6 +385,27 @@ pub fn finit_module(fd: BorrowedFd<'_>, params: &CStr, flags: u32) -> io::Result
                 fd.as_raw_fd() as usize,
                 params.as_ptr() as usize,
                 flags as usize,
+                0,
+                0,
+                0,
+            ],
+        )
+    };
+    check(ret).map(drop)
+}
+
+/// `init_module(2)`: loads the kernel module `image` (the module's bytes) with parameters
+/// `params`.
+pub fn init_module(image: &[u8], params: &CStr) -> io::Result<()> {
+    // SAFETY: `image` is a slice and `params` a NUL-terminated string, both borrowed for the
+    // call; the kernel only reads them (`image.len()` bytes of the first).
+    let ret = unsafe {
+        syscall6(
+            nr::INIT_MODULE,
+            [
+                image.as_ptr() as usize,
+                image.len(),
+                params.as_ptr() as usize,
                 0,
                 0,
                 0,

@@ -8,6 +8,7 @@
 //! dev proc sys tmp run root etc directories
 //! dev/console                   character device 5:1 (0o600)
 //! lib/modules/zones/NN-<name>.ko  modules, NN zero-padded so that names sort in load order
+//! lib/modules/zones/NN-<name>.ko.sig  a module's detached signature (see [`Signatures`])
 //! lib/modules/zones/order       the module file names in load order, one a line
 //! ...                           extra files
 //! ```
@@ -20,6 +21,7 @@ use std::sync::Arc;
 use super::blob::{Blob, Scratch};
 use super::cpio::{CpioError, CpioWriter};
 use super::decompress::{self, Compression};
+use super::module_sig;
 
 /// Directories every initramfs has, with their modes.
 const BASE_DIRS: [(&str, u32); 7] = [
@@ -48,6 +50,17 @@ pub(crate) struct ModuleFile {
     pub(crate) name: String,
     /// Absolute path of the `.ko` on the host.
     pub(crate) path: PathBuf,
+}
+
+/// Where a signed module's signature goes in the archive.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Signatures {
+    /// Split off into `<module>.sig` ([`super::module_sig`]): the guest kernel loads the module
+    /// without checking a signature, and the agent adds it back only for a kernel that demands
+    /// one.
+    Detached,
+    /// Left on the module: the guest kernel checks it at every load.
+    Attached,
 }
 
 /// An extra file for the guest.
@@ -285,21 +298,24 @@ pub(crate) fn resolve_modules(
 /// Builds the initramfs: `/init` (the agent, mode 0o755), directories
 /// `dev proc sys tmp run root etc`, `/dev/console` (character device 5:1, mode 0o600),
 /// `/lib/modules/zones/NN-<name>.ko` for every module in order (NN zero-padded so that names
-/// sort in load order), `/lib/modules/zones/order` listing those file names one a line in load
-/// order (empty without modules), then every extra file (its parent directories created as
+/// sort in load order; with [`Signatures::Detached`], a signed module's signature beside it as
+/// `NN-<name>.ko.sig`), `/lib/modules/zones/order` listing the modules' file names one a line in
+/// load order (empty without modules), then every extra file (its parent directories created as
 /// needed).
 pub(crate) fn build(
     agent: &[u8],
     modules: &[ModuleFile],
+    signatures: Signatures,
     extra: &[ExtraFile],
 ) -> Result<Blob, InitramfsError> {
-    build_with_limit(agent, modules, extra, MAX_INITRAMFS)
+    build_with_limit(agent, modules, signatures, extra, MAX_INITRAMFS)
 }
 
 /// [`build`], refusing archives larger than `limit` bytes.
 fn build_with_limit(
     agent: &[u8],
     modules: &[ModuleFile],
+    signatures: Signatures,
     extra: &[ExtraFile],
     limit: usize,
 ) -> Result<Blob, InitramfsError> {
@@ -333,7 +349,13 @@ fn build_with_limit(
         let file_name = module_file_name(index, modules.len(), &module.name);
         let guest_path = format!("{MODULES_DIR}/{file_name}");
         let data = archive.read_module(module)?;
-        archive.file(&guest_path, 0o644, &data)?;
+        match module_sig::split(&data).filter(|_| signatures == Signatures::Detached) {
+            Some((object, signature)) => {
+                archive.file(&guest_path, 0o644, object)?;
+                archive.file(&format!("{guest_path}.sig"), 0o644, signature)?;
+            }
+            None => archive.file(&guest_path, 0o644, &data)?,
+        }
         let _ = writeln!(order, "{file_name}");
     }
     archive.file(&format!("{MODULES_DIR}/order"), 0o644, order.as_bytes())?;
@@ -842,7 +864,7 @@ kernel/z/uses_z.ko: kernel/z/zstmod.ko.zst
             path: dir.write(&format!("packed/{file}"), &data),
         })
         .collect();
-        let entries = parse(&build(b"agent", &modules, &[]).unwrap());
+        let entries = parse(&build(b"agent", &modules, Signatures::Detached, &[]).unwrap());
         for (i, name) in ["a", "b", "c"].iter().enumerate() {
             let e = find(&entries, &format!("lib/modules/zones/{i:02}-{name}.ko"));
             assert_eq!(e.data, plain, "{name}");
@@ -853,7 +875,7 @@ kernel/z/uses_z.ko: kernel/z/zstmod.ko.zst
             name: "liar".to_owned(),
             path: dir.0.join("kernel/z/zmod.ko.xz"),
         };
-        let err = build(b"agent", &[liar], &[]).unwrap_err();
+        let err = build(b"agent", &[liar], Signatures::Detached, &[]).unwrap_err();
         assert!(
             matches!(&err, InitramfsError::Decompress { module, .. } if module == "liar"),
             "{err}"
@@ -933,7 +955,7 @@ kernel/z/uses_z.ko: kernel/z/zstmod.ko.zst
                 contents: FileContents::Bytes(Arc::from(&b"{}"[..])),
             },
         ];
-        let archive = build(b"\x7fELF agent", &modules, &extra).unwrap();
+        let archive = build(b"\x7fELF agent", &modules, Signatures::Detached, &extra).unwrap();
         let entries = parse(&archive);
 
         assert_eq!(entries[0].name, "init");
@@ -982,9 +1004,59 @@ kernel/z/uses_z.ko: kernel/z/zstmod.ko.zst
         );
     }
 
+    /// A signed module's signature goes beside it (detached) or stays on it (attached); an
+    /// unsigned module is the same either way, with no `.sig`.
+    #[test]
+    fn signatures_are_detached_or_attached() {
+        let dir = TempDir::new();
+        let mut signed = b"\x7fELF signed object".to_vec();
+        let tail = [
+            &b"pkcs7"[..],
+            &[0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 5],
+            super::module_sig::MARKER,
+        ]
+        .concat();
+        signed.extend_from_slice(&tail);
+        let modules = [
+            ModuleFile {
+                name: "signed".to_owned(),
+                path: dir.write("signed.ko", &signed),
+            },
+            ModuleFile {
+                name: "plain".to_owned(),
+                path: dir.write("plain.ko", b"\x7fELF plain"),
+            },
+        ];
+        let detached = parse(&build(b"agent", &modules, Signatures::Detached, &[]).unwrap());
+        assert_eq!(
+            find(&detached, "lib/modules/zones/00-signed.ko").data,
+            b"\x7fELF signed object"
+        );
+        assert_eq!(
+            find(&detached, "lib/modules/zones/00-signed.ko.sig").data,
+            tail
+        );
+        assert_eq!(
+            find(&detached, "lib/modules/zones/01-plain.ko").data,
+            b"\x7fELF plain"
+        );
+        assert!(!detached.iter().any(|e| e.name.ends_with("plain.ko.sig")));
+        assert_eq!(
+            find(&detached, "lib/modules/zones/order").data,
+            b"00-signed.ko\n01-plain.ko\n"
+        );
+
+        let attached = parse(&build(b"agent", &modules, Signatures::Attached, &[]).unwrap());
+        assert_eq!(
+            find(&attached, "lib/modules/zones/00-signed.ko").data,
+            signed
+        );
+        assert!(!attached.iter().any(|e| e.name.ends_with(".sig")));
+    }
+
     #[test]
     fn build_without_modules_has_an_empty_order() {
-        let entries = parse(&build(b"agent", &[], &[]).unwrap());
+        let entries = parse(&build(b"agent", &[], Signatures::Detached, &[]).unwrap());
         assert!(find(&entries, "lib/modules/zones/order").data.is_empty());
         assert!(!entries.iter().any(|e| e.name.ends_with(".ko")));
     }
@@ -1008,7 +1080,7 @@ kernel/z/uses_z.ko: kernel/z/zstmod.ko.zst
             mode: 0o755,
             contents: FileContents::HostFile(missing.clone()),
         }];
-        let err = build(b"agent", &[], &extra).unwrap_err();
+        let err = build(b"agent", &[], Signatures::Detached, &extra).unwrap_err();
         assert!(
             matches!(&err, InitramfsError::ReadHostFile { path, .. } if *path == missing),
             "{err}"
@@ -1022,7 +1094,7 @@ kernel/z/uses_z.ko: kernel/z/zstmod.ko.zst
             name: "virtio".to_owned(),
             path: missing.with_file_name("virtio.ko"),
         };
-        let err = build(b"agent", &[module], &[]).unwrap_err();
+        let err = build(b"agent", &[module], Signatures::Detached, &[]).unwrap_err();
         assert!(matches!(err, InitramfsError::ReadHostFile { .. }), "{err}");
     }
 
@@ -1035,7 +1107,7 @@ kernel/z/uses_z.ko: kernel/z/zstmod.ko.zst
                 name: name.to_owned(),
                 path: ko.clone(),
             };
-            let err = build(b"agent", &[module], &[]).unwrap_err();
+            let err = build(b"agent", &[module], Signatures::Detached, &[]).unwrap_err();
             assert!(
                 matches!(err, InitramfsError::InvalidModuleName { .. }),
                 "{name:?}"
@@ -1051,7 +1123,7 @@ kernel/z/uses_z.ko: kernel/z/zstmod.ko.zst
                 path: ko,
             },
         ];
-        let err = build(b"agent", &twice, &[]).unwrap_err();
+        let err = build(b"agent", &twice, Signatures::Detached, &[]).unwrap_err();
         assert!(
             matches!(err, InitramfsError::DuplicateModule { .. }),
             "{err}"
@@ -1062,7 +1134,7 @@ kernel/z/uses_z.ko: kernel/z/zstmod.ko.zst
                 mode: 0o644,
                 contents: FileContents::Bytes(Arc::from(&b"x"[..])),
             }];
-            let err = build(b"agent", &[], &extra).unwrap_err();
+            let err = build(b"agent", &[], Signatures::Detached, &extra).unwrap_err();
             assert!(
                 matches!(&err, InitramfsError::Entry { guest_path, .. } if guest_path == path),
                 "{path}: {err}"
@@ -1079,17 +1151,17 @@ kernel/z/uses_z.ko: kernel/z/zstmod.ko.zst
             mode: 0o644,
             contents: FileContents::HostFile(big),
         }];
-        let fits = build_with_limit(b"agent", &[], &extra, 8192).unwrap();
+        let fits = build_with_limit(b"agent", &[], Signatures::Detached, &extra, 8192).unwrap();
         assert!(fits.len() <= 8192);
-        let err = build_with_limit(b"agent", &[], &extra, 4096).unwrap_err();
+        let err = build_with_limit(b"agent", &[], Signatures::Detached, &extra, 4096).unwrap_err();
         assert!(
             matches!(&err, InitramfsError::TooLarge { what, limit: 4096 } if what == "big"),
             "{err}"
         );
-        let err = build_with_limit(&[0; 100], &[], &[], 50).unwrap_err();
+        let err = build_with_limit(&[0; 100], &[], Signatures::Detached, &[], 50).unwrap_err();
         assert!(matches!(err, InitramfsError::TooLarge { .. }), "{err}");
         // An archive whose entries fit but whose trailer and padding do not.
-        let err = build_with_limit(b"agent", &[], &[], 1000).unwrap_err();
+        let err = build_with_limit(b"agent", &[], Signatures::Detached, &[], 1000).unwrap_err();
         assert!(matches!(err, InitramfsError::TooLarge { .. }), "{err}");
     }
 
@@ -1131,10 +1203,10 @@ kernel/z/uses_z.ko: kernel/z/zstmod.ko.zst
             .map(|m| std::fs::metadata(&m.path).unwrap().len())
             .sum();
         let started = std::time::Instant::now();
-        let cold = build(b"agent", &modules, &[]).unwrap();
+        let cold = build(b"agent", &modules, Signatures::Detached, &[]).unwrap();
         let cold_time = started.elapsed();
         let started = std::time::Instant::now();
-        let warm = build(b"agent", &modules, &[]).unwrap();
+        let warm = build(b"agent", &modules, Signatures::Detached, &[]).unwrap();
         let warm_time = started.elapsed();
         assert_eq!(*cold, *warm);
         let entries = parse(&cold);
@@ -1207,7 +1279,7 @@ kernel/z/uses_z.ko: kernel/z/zstmod.ko.zst
         let crc = resolve_modules(dir, &["crc32c-intel", "crc32c_generic"]).unwrap();
         assert_eq!(names(&crc), ["crc32c_intel", "crc32c_generic"]);
 
-        let archive = build(b"agent", &modules, &[]).unwrap();
+        let archive = build(b"agent", &modules, Signatures::Detached, &[]).unwrap();
         println!("initramfs with those modules: {} bytes", archive.len());
         let entries = parse(&archive);
         let order =
@@ -1215,7 +1287,15 @@ kernel/z/uses_z.ko: kernel/z/zstmod.ko.zst
         assert_eq!(order.lines().count(), modules.len());
         for (line, module) in order.lines().zip(&modules) {
             let e = find(&entries, &format!("lib/modules/zones/{line}"));
-            assert_eq!(e.data, std::fs::read(&module.path).unwrap());
+            let host = std::fs::read(&module.path).unwrap();
+            // A signed module arrives as its object and its signature beside it, whole.
+            let signature = entries
+                .iter()
+                .find(|s| s.name == format!("lib/modules/zones/{line}.sig"));
+            match signature {
+                Some(sig) => assert_eq!([e.data.as_slice(), &sig.data].concat(), host, "{line}"),
+                None => assert_eq!(e.data, host, "{line}"),
+            }
         }
     }
 }

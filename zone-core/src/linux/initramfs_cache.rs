@@ -3,7 +3,8 @@
 //! making it: the cached file is read straight into guest memory.
 //!
 //! The key is the SHA-256 of: the generator (the agent binary and the archive writer's sources,
-//! hashed when they were built), every module's name, path and [`identity`], and every extra
+//! hashed when they were built), every module's name, path and [`identity`], where the modules'
+//! signatures go ([`Signatures`]), and every extra
 //! file's guest path, mode and contents (a host file by its path and identity, bytes by their
 //! SHA-256, a symlink by its target). An archive with a file the caller gave as bytes is never
 //! written to disk: those bytes may be a secret meant for one zone. At most [`MAX_ENTRIES`]
@@ -11,7 +12,7 @@
 
 use super::blob::Loadable;
 use super::cache::{evict, hex_sha256, identity};
-use super::initramfs::{ExtraFile, FileContents, ModuleFile};
+use super::initramfs::{ExtraFile, FileContents, ModuleFile, Signatures};
 use std::path::{Path, PathBuf};
 
 /// How many archives the cache keeps.
@@ -26,14 +27,16 @@ pub(crate) fn cache_dir() -> PathBuf {
     super::rootfs::default_cache_dir().join("initramfs")
 }
 
-/// The cache file of the archive `generator` makes of `modules` and `extra`, or `None` when it
-/// is not to be cached: a host file's metadata cannot be read (the build then says why).
+/// The cache file of the archive `generator` makes of `modules` (their signatures placed as
+/// `signatures` says) and `extra`, or `None` when it is not to be cached: a host file's metadata
+/// cannot be read (the build then says why).
 pub(crate) fn file_name(
     generator: &str,
     modules: &[ModuleFile],
+    signatures: Signatures,
     extra: &[ExtraFile],
 ) -> Option<String> {
-    let mut key = format!("zones-initramfs\0{generator}\0");
+    let mut key = format!("zones-initramfs\0{generator}\0{signatures:?}\0");
     for m in modules {
         key.push_str(&format!(
             "m\0{}\0{}\0{}\0",
@@ -139,14 +142,20 @@ mod tests {
             }]
         };
         let bytes = |b: &[u8]| FileContents::Bytes(Arc::from(b));
-        let name = |m: &[ModuleFile], e: &[ExtraFile]| file_name("g1", m, e).unwrap();
+        let detached = Signatures::Detached;
+        let name = |m: &[ModuleFile], e: &[ExtraFile]| file_name("g1", m, detached, e).unwrap();
         let base = name(&modules, &extra(bytes(b"a")));
         assert_eq!(base, name(&modules, &extra(bytes(b"a"))), "stable");
         assert_ne!(base, name(&modules, &extra(bytes(b"b"))), "bytes");
         assert_ne!(
             base,
-            file_name("g2", &modules, &extra(bytes(b"a"))).unwrap(),
+            file_name("g2", &modules, detached, &extra(bytes(b"a"))).unwrap(),
             "generator"
+        );
+        assert_ne!(
+            base,
+            file_name("g1", &modules, Signatures::Attached, &extra(bytes(b"a"))).unwrap(),
+            "signatures"
         );
         assert_ne!(base, name(&[], &extra(bytes(b"a"))), "modules");
         assert_ne!(
@@ -162,7 +171,7 @@ mod tests {
         );
         let gone = extra(FileContents::HostFile(dir.join("missing")));
         assert!(
-            file_name("g1", &modules, &gone).is_none(),
+            file_name("g1", &modules, detached, &gone).is_none(),
             "unreadable host file: no key"
         );
 
