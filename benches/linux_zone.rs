@@ -4,8 +4,10 @@
 //! - boot, fair: zones' `build()` to the first `exec` answer against Cloud Hypervisor,
 //!   Firecracker and QEMU `-M microvm,rtc=on` from spawn to a line their `/init` prints, the same
 //!   kernel (bzImage, and the vmlinux inside it where a peer needs one), 1 vCPU, 256 MiB, for
-//!   the Debian kernel and the minimal one; a warm-up round, then 5 interleaved rounds; each
-//!   median, each ratio, and where zones' last boot went (`boot_report()`), see `peers.rs`;
+//!   the Debian kernel and the minimal one; a warm-up round, then 7 interleaved rounds; each
+//!   median, each ratio of medians, each paired ratio (the median over rounds of zones' time
+//!   over the peer's in the same round, which cancels the lab's drift between rounds), and where
+//!   zones' last boot went (`boot_report()`), see `peers.rs`;
 //!   every peer runs twice a round: on its plain command line, and with the guest-kernel
 //!   arguments zones adds for speed (`cryptomgr.notests` and the others), so the table shows
 //!   what the VMM gains apart from what the arguments gain;
@@ -76,7 +78,7 @@ fn fair_boot(
     initrd: &std::path::Path,
     work: &std::path::Path,
 ) {
-    const ROUNDS: usize = 5;
+    const ROUNDS: usize = 7;
     let (mut found, mut skipped) = peers::peers(bzimage, vmlinux, initrd, work);
     // The same peers again with the guest-kernel arguments zones adds for speed, so that the
     // table tells what the VMM gains apart from what the arguments gain.
@@ -99,15 +101,17 @@ fn fair_boot(
     // `found[..plain]` run on the plain command line, the rest with zones' arguments.
     let plain = found.len();
     found.append(&mut with_args);
-    let mut zones_runs = Vec::new();
+    let mut zones_rounds = Vec::new();
     let mut last_report = None;
-    let peer_runs = peers::interleaved(ROUNDS, label, &found, || {
-        if let Some((t, zone)) = zones_first_exec(zones_boot) {
-            zones_runs.push(t);
+    let peer_runs = peers::interleaved_rounds(ROUNDS, label, &found, || {
+        let run = zones_first_exec(zones_boot);
+        zones_rounds.push(run.as_ref().map(|(t, _)| *t));
+        if let Some((_, zone)) = run {
             last_report = Some(zone.boot_report());
             zone.kill();
         }
     });
+    let zones_runs: Vec<Duration> = zones_rounds.iter().flatten().copied().collect();
     if zones_runs.is_empty() {
         println!("boot ({label}): zones failed every round");
         return;
@@ -119,40 +123,53 @@ fn fair_boot(
         zones_median.as_millis()
     );
     // The best peer on its plain command line, and the best with zones' arguments.
-    let mut best: [Option<(String, Duration)>; 2] = [None, None];
-    for (i, (peer, runs)) in found.iter().zip(peer_runs).enumerate() {
+    // Each peer's median, its ratio of medians and its paired ratio (the median of zones / it
+    // within each round).
+    let mut best: [Option<(String, Duration, Option<f64>)>; 2] = [None, None];
+    for (i, (peer, rounds)) in found.iter().zip(peer_runs).enumerate() {
+        let runs: Vec<Duration> = rounds.iter().flatten().copied().collect();
         if runs.is_empty() {
             println!("boot ({label}): {}: failed every round", peer.label);
             continue;
         }
         let n = runs.len();
         let m = median(runs);
+        let paired = peers::paired_ratio(&zones_rounds, &rounds);
         println!(
-            "boot ({label}): {}, spawn -> /init prints, median of {n}: {} ms; zones / it = {:.2}",
+            "boot ({label}): {}, spawn -> /init prints, median of {n}: {} ms; zones / it = {:.2}{}",
             peer.label,
             m.as_millis(),
-            zones_median.as_secs_f64() / m.as_secs_f64()
+            zones_median.as_secs_f64() / m.as_secs_f64(),
+            paired_text(paired)
         );
         let kind = &mut best[usize::from(i >= plain)];
         if kind.as_ref().is_none_or(|b| m < b.1) {
-            *kind = Some((peer.label.clone(), m));
+            *kind = Some((peer.label.clone(), m, paired));
         }
     }
     for (which, b) in ["best peer", "best peer with zones' kernel arguments"]
         .iter()
         .zip(best)
     {
-        if let Some((peer, m)) = b {
+        if let Some((peer, m, paired)) = b {
             println!(
-                "boot ({label}): {which}: {peer} {} ms; zones / it = {:.2}",
+                "boot ({label}): {which}: {peer} {} ms; zones / it = {:.2}{}",
                 m.as_millis(),
-                zones_median.as_secs_f64() / m.as_secs_f64()
+                zones_median.as_secs_f64() / m.as_secs_f64(),
+                paired_text(paired)
             );
         }
     }
     if let Some(report) = last_report {
         println!("boot ({label}): where zones' last boot went:\n{report}");
     }
+}
+
+/// The paired ratio, as the bench prints it after the ratio of medians.
+fn paired_text(paired: Option<f64>) -> String {
+    paired.map_or_else(String::new, |r| {
+        format!(" (paired: median of the rounds' ratios {r:.2})")
+    })
 }
 
 fn report_boot() {

@@ -349,20 +349,46 @@ pub fn interleaved(
     rounds: usize,
     label: &str,
     peers: &[Peer],
-    mut zones: impl FnMut(),
+    zones: impl FnMut(),
 ) -> Vec<Vec<Duration>> {
+    interleaved_rounds(rounds, label, peers, zones)
+        .into_iter()
+        .map(|runs| runs.into_iter().flatten().collect())
+        .collect()
+}
+
+/// As [`interleaved`], keeping each peer's boot time by round (`None`: it failed that round),
+/// so that zones' time in a round can be set against the peers' in the same round.
+pub fn interleaved_rounds(
+    rounds: usize,
+    label: &str,
+    peers: &[Peer],
+    mut zones: impl FnMut(),
+) -> Vec<Vec<Option<Duration>>> {
     let mut runs = vec![Vec::new(); peers.len()];
     let variants = peers.len() + 1;
     for round in 0..rounds {
         for k in 0..variants {
             match (round + k) % variants {
                 0 => zones(),
-                i => runs[i - 1].extend(peers[i - 1].boot()),
+                i => runs[i - 1].push(peers[i - 1].boot()),
             }
         }
         eprintln!("  {label}: round {} of {rounds} done", round + 1);
     }
     runs
+}
+
+/// The median of zones' time over a peer's in the same round, over the rounds both finished:
+/// the lab's speed drifts between rounds, and a ratio within one round cancels the drift.
+pub fn paired_ratio(zones: &[Option<Duration>], peer: &[Option<Duration>]) -> Option<f64> {
+    let mut ratios: Vec<f64> = zones
+        .iter()
+        .zip(peer)
+        .filter_map(|(z, p)| Some(z.as_ref()?.as_secs_f64() / p.as_ref()?.as_secs_f64()))
+        .collect();
+    ratios.sort_by(f64::total_cmp);
+    ratios.get(ratios.len() / 2).copied()
 }
 
 impl Peer {
