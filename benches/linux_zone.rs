@@ -221,8 +221,15 @@ fn booted_zones(n: usize) -> (Vec<Zone>, u64) {
                 .linux(boot())
                 .build()
                 .expect("Linux zone");
-            zone.wait_ready(Duration::from_secs(300))
-                .expect("agent ready");
+            if let Err(e) = zone.wait_ready(Duration::from_secs(300)) {
+                let console = zone.console_text();
+                let start = console.char_indices().rev().nth(4000).map_or(0, |(i, _)| i);
+                let tail = &console[start..];
+                panic!(
+                    "{e}\nits console's end:\n{tail}\nits boot report:\n{}",
+                    zone.boot_report()
+                );
+            }
             let out = zone.exec(&Command::new("true")).expect("exec");
             assert!(out.status.success());
             zone
