@@ -28,7 +28,7 @@
 mod common;
 mod peers;
 
-use common::{median, rss_anon_kib};
+use common::{console_tail, median, rss_anon_kib};
 use criterion::Criterion;
 use std::time::{Duration, Instant};
 use zones::prelude::*;
@@ -224,11 +224,9 @@ fn booted_zones(n: usize) -> (Vec<Zone>, u64) {
                 .build()
                 .expect("Linux zone");
             if let Err(e) = zone.wait_ready(Duration::from_secs(300)) {
-                let console = zone.console_text();
-                let start = console.char_indices().rev().nth(4000).map_or(0, |(i, _)| i);
-                let tail = &console[start..];
                 panic!(
-                    "{e}\nits console's end:\n{tail}\nits boot report:\n{}",
+                    "{e}\nits console's end:\n{}\nits boot report:\n{}",
+                    console_tail(&zone.console_text()),
                     zone.boot_report()
                 );
             }

@@ -9,7 +9,7 @@
 
 mod common;
 
-use common::{median, rss_kib};
+use common::{console_tail, median, rss_kib};
 use std::path::Path;
 use std::time::{Duration, Instant};
 use zones::prelude::*;
@@ -33,12 +33,6 @@ fn zone(boot: LinuxBoot, mib: u64) -> Zone {
         .linux(boot)
         .build()
         .expect("Linux zone")
-}
-
-/// The last 30 lines of a console.
-fn tail(text: &str) -> String {
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(30)..].join("\n")
 }
 
 fn first_answer(boot: LinuxBoot, cmd: &Command) -> Duration {
@@ -79,7 +73,7 @@ fn main() {
         other => {
             eprintln!(
                 "a zone failed: {other:?}\nconsole tail:\n{}",
-                tail(&z.console_text())
+                console_tail(&z.console_text())
             );
             false
         }
