@@ -199,10 +199,8 @@ fn load_module(dir: &Path, name: &str) -> std::io::Result<()> {
     }
     let path = dir.join(name);
     let file = std::fs::File::open(&path)?;
-    let unsigned = match sys::finit_module(file.as_fd(), c"", 0) {
-        Err(e) if sys::is_errno(&e, sys::EEXIST) => return Ok(()),
-        Ok(()) => return Ok(()),
-        Err(e) => e,
+    let Err(unsigned) = already_loaded_is_fine(sys::finit_module(file.as_fd(), c"", 0)) else {
+        return Ok(());
     };
     // The host detached the signature (`<name>.sig`): a kernel that demands one gets it back.
     let Ok(signature) = std::fs::read(dir.join(format!("{name}.sig"))) else {
@@ -210,13 +208,19 @@ fn load_module(dir: &Path, name: &str) -> std::io::Result<()> {
     };
     let mut image = std::fs::read(&path)?;
     image.extend_from_slice(&signature);
-    match sys::init_module(&image, c"") {
-        Err(e) if sys::is_errno(&e, sys::EEXIST) => Ok(()),
-        Ok(()) => Ok(()),
-        Err(signed) => Err(std::io::Error::new(
+    already_loaded_is_fine(sys::init_module(&image, c"")).map_err(|signed| {
+        std::io::Error::new(
             signed.kind(),
             format!("{unsigned}; with its signature: {signed}"),
-        )),
+        )
+    })
+}
+
+/// A module load's outcome, where a module already loaded (`EEXIST`) counts as loaded.
+fn already_loaded_is_fine(loaded: std::io::Result<()>) -> std::io::Result<()> {
+    match loaded {
+        Err(e) if sys::is_errno(&e, sys::EEXIST) => Ok(()),
+        other => other,
     }
 }
 
