@@ -197,19 +197,77 @@ pub(crate) fn rules(kind: ThreadKind, extra: &[i64]) -> Rules {
 /// ever raised: a program with that rewrite is only installed with a listener.
 pub(crate) const NOTIFY_PLACEHOLDER: SeccompAction = SeccompAction::Trap;
 
-/// Compiles `kind`'s filter: allowed calls pass; the rest get `mismatch`.
+/// Compiles `kind`'s filter: allowed calls pass; the rest get `mismatch` ([`bucketed`]).
 pub(crate) fn program(
     kind: ThreadKind,
     extra: &[i64],
     mismatch: SeccompAction,
 ) -> Result<BpfProgram, seccompiler::BackendError> {
-    let filter = SeccompFilter::new(
-        rules(kind, extra),
-        mismatch,
-        SeccompAction::Allow,
-        TargetArch::x86_64,
-    )?;
-    filter.try_into()
+    bucketed(rules(kind, extra), &mismatch)
+}
+
+/// How many calls one bucket of [`bucketed`] holds.
+const BUCKET: usize = 8;
+
+/// `rules` compiled by seccompiler as one program per run of [`BUCKET`] calls (in number
+/// order), behind a head that jumps to the program whose range of numbers holds the call's. Each
+/// program is whole (its own architecture check, its calls, `mismatch` for the rest), and a
+/// call's number selects the one program that can list it: the verdicts of one program over all
+/// of `rules`. Why: when a filter is installed, the kernel runs it for every call number to
+/// prepare its action cache, so a single chain of every call costs each filtered thread's start
+/// (the vCPU filter: about 160 us on the development machine, 70-110 us bucketed).
+fn bucketed(
+    rules: Rules,
+    mismatch: &SeccompAction,
+) -> Result<BpfProgram, seccompiler::BackendError> {
+    // BPF_LD | BPF_W | BPF_ABS, BPF_JMP | BPF_JGE | BPF_K, BPF_JMP | BPF_JA.
+    const LD: u16 = 0x20;
+    const JGE: u16 = 0x35;
+    const JA: u16 = 0x05;
+    const NR: u32 = 0;
+    let compile = |rules: Rules| -> Result<BpfProgram, seccompiler::BackendError> {
+        SeccompFilter::new(
+            rules,
+            mismatch.clone(),
+            SeccompAction::Allow,
+            TargetArch::x86_64,
+        )?
+        .try_into()
+    };
+    if rules.len() <= BUCKET {
+        return compile(rules);
+    }
+    let entries: Vec<_> = rules.into_iter().collect();
+    let mut buckets = Vec::new();
+    for chunk in entries.chunks(BUCKET) {
+        // The kernel compares the call number as an unsigned 32-bit value; every key is a
+        // call number (non-negative, far below 2^31), so both orders agree.
+        let first = chunk[0].0 as u32;
+        buckets.push((first, compile(chunk.iter().cloned().collect())?));
+    }
+    let insn = |code, jt, jf, k| seccompiler::sock_filter { code, jt, jf, k };
+    // The head: load the number; from the last bucket down to the second, `nr >= first` jumps
+    // (through a JA: conditional jumps reach only 255 instructions) to that bucket. The first
+    // bucket follows the head.
+    let mut start = 1 + 2 * (buckets.len() - 1);
+    let starts: Vec<usize> = buckets
+        .iter()
+        .map(|(_, p)| {
+            let at = start;
+            start += p.len();
+            at
+        })
+        .collect();
+    let mut out = vec![insn(LD, 0, 0, NR)];
+    for (i, (first, _)) in buckets.iter().enumerate().skip(1).rev() {
+        out.push(insn(JGE, 0, 1, *first));
+        let next = out.len() + 1;
+        out.push(insn(JA, 0, 0, (starts[i] - next) as u32));
+    }
+    for (_, program) in buckets {
+        out.extend(program);
+    }
+    Ok(out)
 }
 
 /// `program`, behind a head that answers `clone3` with ENOSYS: glibc then falls back to
@@ -247,6 +305,10 @@ pub(crate) fn fallback(mode: Seccomp) -> SeccompAction {
         _ => SeccompAction::Errno(libc::EPERM as u32),
     }
 }
+
+#[cfg(test)]
+#[path = "bucketed_tests.rs"]
+mod bucketed_tests;
 
 #[cfg(test)]
 mod tests {
@@ -312,7 +374,13 @@ mod tests {
         // Both "not clone3" and "not x86_64" continue at the program's first instruction.
         assert_eq!(1 + 1 + usize::from(headed[1].jf), head);
         assert_eq!(3 + 1 + usize::from(headed[3].jf), head);
-        // seccompiler's program checks the same architecture first.
-        assert_eq!(headed[head + 1].k, AUDIT_ARCH_X86_64);
+        // seccompiler's programs (one a bucket) check the same architecture first.
+        let arch_checks: Vec<u32> = program
+            .windows(2)
+            .filter(|w| w[0].code == 0x20 && w[0].k == 4)
+            .map(|w| w[1].k)
+            .collect();
+        assert!(arch_checks.len() > 1, "{arch_checks:?}");
+        assert!(arch_checks.iter().all(|k| *k == AUDIT_ARCH_X86_64));
     }
 }
