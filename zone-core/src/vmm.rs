@@ -181,14 +181,20 @@ impl Settings {
     pub(crate) fn vcpu_threads(
         &self,
         kind: crate::seccomp::ThreadKind,
+        before_filter: Arc<dyn Fn(u32) + Send + Sync>,
     ) -> Result<VcpuThreads, BuildError> {
         // The process-wide services start from this unfiltered thread, before any vCPU thread.
         self.services()?;
-        VcpuThreads::start(short(&self.zone), self.vcpus, kind, self.seccomp).map_err(|source| {
-            BuildError::Thread {
-                zone: self.zone.clone(),
-                source,
-            }
+        VcpuThreads::start(
+            short(&self.zone),
+            self.vcpus,
+            kind,
+            self.seccomp,
+            before_filter,
+        )
+        .map_err(|source| BuildError::Thread {
+            zone: self.zone.clone(),
+            source,
         })
     }
 }

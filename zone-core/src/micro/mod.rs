@@ -165,7 +165,15 @@ pub(crate) fn build(
     )?;
     program.check_args().map_err(load_err)?;
     let mut phases = crate::trace::Phases::new(&s.zone);
-    let threads = s.vcpu_threads(crate::seccomp::ThreadKind::Vcpu)?;
+    // Host functions run on threads of their own, unfiltered (they are the embedder's code),
+    // unless the zone's threads are not filtered at all.
+    let helpers = host_calls::Helpers::new(
+        crate::vmm::short(&s.zone),
+        s.id,
+        s.vcpus,
+        !functions.is_empty() && s.seccomp != crate::seccomp::Seccomp::Off,
+    );
+    let threads = s.vcpu_threads(crate::seccomp::ThreadKind::Vcpu, helpers.starter())?;
     phases.done("threads started");
     let vm = s.open_vm()?;
     let mem = s.memory(&vm, &[(0, s.mem_size)])?;
@@ -178,24 +186,10 @@ pub(crate) fn build(
     })?;
     phases.done("vCPUs");
     let shared = s.shared(&mem);
-    // Host functions run on threads of their own, unfiltered (they are the embedder's code),
-    // unless the zone's threads are not filtered at all.
-    let host_threads = if functions.is_empty() || s.seccomp == crate::seccomp::Seccomp::Off {
-        Vec::new()
-    } else {
-        (0..s.vcpus)
-            .map(|i| {
-                host_calls::HostCallThread::spawn(
-                    format!("{}/h{i}", crate::vmm::short(&s.zone)),
-                    s.id,
-                )
-            })
-            .collect::<Result<_, _>>()
-            .map_err(|source| BuildError::Thread {
-                zone: s.zone.clone(),
-                source,
-            })?
-    };
+    let host_threads = helpers.collect().map_err(|source| BuildError::Thread {
+        zone: s.zone.clone(),
+        source,
+    })?;
     let dispatcher = Dispatcher {
         zone: s.zone.clone(),
         mem,

@@ -31,21 +31,27 @@ pub(crate) struct VcpuThreads {
 }
 
 impl VcpuThreads {
-    /// Starts `count` threads named `{prefix}/{index}`, each filtered as `kind` in `mode`.
+    /// Starts `count` threads named `{prefix}/{index}`, each filtered as `kind` in `mode`. Each
+    /// runs `before_filter(index)` first, unfiltered: what it starts (a host function's helper
+    /// thread) carries no filter and leaves the building thread's path.
     pub(crate) fn start(
         prefix: &str,
         count: u32,
         kind: ThreadKind,
         mode: Seccomp,
+        before_filter: Arc<dyn Fn(u32) + Send + Sync>,
     ) -> std::io::Result<Self> {
         let mut threads = Self {
             waiting: Vec::new(),
         };
         for index in 0..count {
             let (go, ready) = sync_channel::<Go>(1);
+            let before_filter = before_filter.clone();
             let thread = std::thread::Builder::new()
                 .name(format!("{prefix}/{index}"))
                 .spawn(move || {
+                    before_filter(index);
+                    drop(before_filter);
                     let zone = Arc::new(LateSink::default());
                     let filtered = crate::seccomp::install_for(mode, kind, &[]).map(|i| {
                         i.attach(ThreadFilter {
