@@ -37,14 +37,61 @@ pub(crate) fn features(cpuid: &CpuId) -> Features {
         &ebx == b"Auth" || &ebx == b"Hygo"
     });
     let mut features = leaf(7).map_or_else(Features::default, |e| Features {
-        smep: e.ebx & (1 << 7) != 0,
-        smap: e.ebx & (1 << 20) != 0,
-        umip: e.ecx & (1 << 2) != 0,
+        smep: e.ebx & SMEP != 0,
+        smap: e.ebx & SMAP != 0,
+        umip: e.ecx & UMIP != 0,
         amd: false,
     });
     features.amd = amd;
     features
 }
+
+/// The CPUID a micro zone's vCPU sees unless its program asks for the host's features: only what
+/// the vCPU runs in. Leaf 0 (the host's vendor, basic leaves up to 7), leaf 7 with SMEP, SMAP and
+/// UMIP where the host has them (zones turns them on in CR4, which KVM checks against CPUID),
+/// and the extended leaves up to 0x8000_0001 with long mode and NX (the vCPU runs in both).
+/// Nothing else: untrusted code learns neither the host's model nor its features, and setting
+/// it costs KVM far less than the host's set (in a VM, KVM answers some leaves by asking the
+/// host's CPU, each question an exit).
+pub(crate) fn for_micro_vcpu(base: &CpuId) -> CpuId {
+    const MAX_BASIC: u32 = 7;
+    const MAX_EXTENDED: u32 = 0x8000_0001;
+    let entries: Vec<_> = base
+        .as_slice()
+        .iter()
+        .filter_map(|e| {
+            let mut e = *e;
+            match (e.function, e.index) {
+                (0, _) => e.eax = e.eax.min(MAX_BASIC),
+                (7, 0) => {
+                    e.eax = 0;
+                    e.ebx &= SMEP | SMAP;
+                    e.ecx &= UMIP;
+                    e.edx = 0;
+                }
+                (0x8000_0000, _) => e.eax = e.eax.min(MAX_EXTENDED),
+                (0x8000_0001, _) => {
+                    e.eax = 0;
+                    e.ebx = 0;
+                    e.ecx = 0;
+                    e.edx &= NX | LONG_MODE;
+                }
+                _ => return None,
+            }
+            Some(e)
+        })
+        .collect();
+    // At most four entries: always within KVM_MAX_CPUID_ENTRIES.
+    CpuId::from_entries(&entries).unwrap_or_else(|_| unreachable!("four CPUID entries"))
+}
+
+/// Leaf 7 EBX: SMEP (7), SMAP (20); ECX: UMIP (2).
+const SMEP: u32 = 1 << 7;
+const SMAP: u32 = 1 << 20;
+const UMIP: u32 = 1 << 2;
+/// Leaf 0x8000_0001 EDX: NX (20), long mode (29).
+const NX: u32 = 1 << 20;
+const LONG_MODE: u32 = 1 << 29;
 
 /// The CPUID a vCPU sees: APIC ids set to its index; with `hide_xsave`, XSAVE and the AVX family
 /// hidden (for guests that do not enable XSAVE in CR4, so that CPUID does not promise AVX).
@@ -137,6 +184,53 @@ pub(crate) fn for_linux_vcpu(base: &CpuId, index: u32, vcpus: u32, hide_xsave: b
 mod tests {
     use super::*;
     use kvm_bindings::kvm_cpuid_entry2;
+
+    #[test]
+    fn micro_vcpus_see_only_the_leaves_they_run_in() {
+        let entry = |function, index, flags, v: u32| kvm_cpuid_entry2 {
+            function,
+            index,
+            flags,
+            eax: v,
+            ebx: v,
+            ecx: v,
+            edx: v,
+            ..Default::default()
+        };
+        let base = CpuId::from_entries(&[
+            entry(0, 0, 0, 0x1c),
+            entry(1, 0, 0, u32::MAX),
+            entry(7, 0, 1, u32::MAX),
+            entry(7, 1, 1, u32::MAX),
+            entry(0xd, 0, 1, u32::MAX),
+            entry(0x8000_0000, 0, 0, 0x8000_0008),
+            entry(0x8000_0001, 0, 0, u32::MAX),
+            entry(0x8000_0008, 0, 0, u32::MAX),
+        ])
+        .unwrap();
+        let seen: Vec<_> = for_micro_vcpu(&base)
+            .as_slice()
+            .iter()
+            .map(|e| (e.function, e.index, e.flags, e.eax, e.ebx, e.ecx, e.edx))
+            .collect();
+        assert_eq!(
+            seen,
+            [
+                (0, 0, 0, 7, 0x1c, 0x1c, 0x1c),
+                (7, 0, 1, 0, SMEP | SMAP, UMIP, 0),
+                (
+                    0x8000_0000,
+                    0,
+                    0,
+                    0x8000_0001,
+                    0x8000_0008,
+                    0x8000_0008,
+                    0x8000_0008
+                ),
+                (0x8000_0001, 0, 0, 0, 0, 0, NX | LONG_MODE),
+            ]
+        );
+    }
 
     fn entry(function: u32, index: u32, ebx: u32, ecx: u32) -> kvm_cpuid_entry2 {
         kvm_cpuid_entry2 {

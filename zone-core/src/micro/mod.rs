@@ -182,7 +182,12 @@ pub(crate) fn build(
     let loaded = load(&mem, program, &plan, s.vcpus).map_err(load_err)?;
     phases.done("program loaded");
     let vcpus = s.vcpus(&vm, |fd, index| {
-        configure_vcpu(fd, index, &loaded, &plan, &vm.cpuid, vm.features)
+        let cpuid = if program.host_cpu_features {
+            cpuid::for_vcpu(&vm.cpuid, index, true)
+        } else {
+            cpuid::for_micro_vcpu(&vm.cpuid)
+        };
+        configure_vcpu(fd, index, &loaded, &plan, &cpuid, vm.features)
     })?;
     phases.done("vCPUs");
     let shared = s.shared(&mem);
@@ -205,7 +210,7 @@ pub(crate) fn build(
     Ok(zone)
 }
 
-/// Sets up vCPU `index` to start the program at CPL3.
+/// Sets up vCPU `index` to start the program at CPL3, with `cpuid` as its CPUID.
 pub(crate) fn configure_vcpu(
     fd: &VcpuFd,
     index: u32,
@@ -214,8 +219,7 @@ pub(crate) fn configure_vcpu(
     cpuid: &CpuId,
     features: Features,
 ) -> Result<(), (&'static str, kvm_ioctls::Error)> {
-    fd.set_cpuid2(&cpuid::for_vcpu(cpuid, index, true))
-        .map_err(|e| ("KVM_SET_CPUID2", e))?;
+    fd.set_cpuid2(cpuid).map_err(|e| ("KVM_SET_CPUID2", e))?;
     let sregs = fd.get_sregs().map_err(|e| ("KVM_GET_SREGS", e))?;
     fd.set_sregs(&cpu::user_sregs(sregs, index, loaded.cr3, features))
         .map_err(|e| ("KVM_SET_SREGS", e))?;
