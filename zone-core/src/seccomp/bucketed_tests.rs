@@ -93,21 +93,13 @@ fn argument_sets() -> Vec<[u64; 6]> {
 #[test]
 fn bucketed_programs_give_the_single_programs_verdicts() {
     const AUDIT_ARCH_I386: u32 = 3 | 0x4000_0000;
-    let kinds = [
-        ThreadKind::Vcpu,
-        ThreadKind::PciVcpu,
-        ThreadKind::Device,
-        ThreadKind::Helper,
-        ThreadKind::Deadlines,
-        ThreadKind::Supervisor,
-    ];
     let extras: [&[i64]; 2] = [&[], &[libc::SYS_socket, libc::SYS_connect, libc::SYS_ioctl]];
     let mismatches = [SeccompAction::Errno(libc::EPERM as u32), NOTIFY_PLACEHOLDER];
     let sets = argument_sets();
     let mut numbers: Vec<u32> = (0..=470).collect();
     numbers.extend([0x4000_0000, 0x4000_0001, 0x7fff_ffff, u32::MAX]);
     let mut checked = 0u64;
-    for kind in kinds {
+    for kind in ALL_KINDS {
         for extra in extras {
             for mismatch in &mismatches {
                 let single: BpfProgram = SeccompFilter::new(

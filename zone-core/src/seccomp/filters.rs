@@ -306,6 +306,17 @@ pub(crate) fn fallback(mode: Seccomp) -> SeccompAction {
     }
 }
 
+/// Every kind of thread, for the tests that go through them all.
+#[cfg(test)]
+const ALL_KINDS: [ThreadKind; 6] = [
+    ThreadKind::Vcpu,
+    ThreadKind::PciVcpu,
+    ThreadKind::Device,
+    ThreadKind::Helper,
+    ThreadKind::Deadlines,
+    ThreadKind::Supervisor,
+];
+
 #[cfg(test)]
 #[path = "bucketed_tests.rs"]
 mod bucketed_tests;
@@ -316,14 +327,7 @@ mod tests {
 
     #[test]
     fn every_kind_compiles_and_forbids_the_dangerous_calls() {
-        for kind in [
-            ThreadKind::Vcpu,
-            ThreadKind::PciVcpu,
-            ThreadKind::Device,
-            ThreadKind::Helper,
-            ThreadKind::Deadlines,
-            ThreadKind::Supervisor,
-        ] {
+        for kind in ALL_KINDS {
             let r = rules(kind, &[]);
             for nr in [
                 libc::SYS_openat,
