@@ -13,9 +13,9 @@ fn run(program: &[sock_filter], nr: u32, arch: u32, args: &[u64; 6]) -> u32 {
             0 => nr,
             4 => arch,
             8 | 12 => 0,
-            16..=63 if k % 4 == 0 => {
+            16..=63 if k.is_multiple_of(4) => {
                 let arg = args[(k as usize - 16) / 8];
-                if k % 8 == 0 {
+                if k.is_multiple_of(8) {
                     arg as u32
                 } else {
                     (arg >> 32) as u32
