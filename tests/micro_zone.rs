@@ -345,3 +345,30 @@ fn a_program_sees_only_what_its_vcpu_runs_in_unless_granted_the_hosts_cpu_featur
         );
     }
 }
+
+#[test]
+fn arguments_arrive_whole_whether_they_fit_in_the_boot_page_or_not() {
+    require_kvm!();
+    // The argument block is the arguments joined by NUL bytes; up to 3840 bytes it sits in the
+    // boot-info page, beyond that on pages of its own.
+    // zone_guest::abi::boot_info::INLINE_ARGS_MAX (a page less the boot words' 256 bytes).
+    let inline_max = 4096 - 256;
+    let cases: Vec<Vec<String>> = vec![
+        vec![],
+        vec!["one".into(), "two words".into(), String::new(), "4".into()],
+        vec!["a".repeat(inline_max)],
+        vec!["b".repeat(inline_max + 1)],
+        vec!["c".repeat(20_000), "d".repeat(30_000)],
+    ];
+    for args in cases {
+        let zone = Zone::builder()
+            .memory_mib(8)
+            .micro(guest!("ARGS").args(&args))
+            .build()
+            .unwrap();
+        let lens: Vec<usize> = args.iter().map(String::len).collect();
+        assert_eq!(zone.wait(), ZoneExit::Exited(args.len() as i32), "{lens:?}");
+        let expected: String = args.iter().map(|a| format!("{a}\n")).collect();
+        assert!(zone.console_text() == expected, "{lens:?}: console differs");
+    }
+}

@@ -37,7 +37,9 @@ pub mod layout {
     pub const STUB_STRIDE: u64 = 16;
     /// `BootInfo` page (user, read-only).
     pub const BOOT_INFO: u64 = 0x8000;
-    /// Program arguments (user, read-only).
+    /// Program arguments that do not fit in the boot-info page (user, read-only): a block of
+    /// at most [`boot_info::INLINE_ARGS_MAX`](super::boot_info::INLINE_ARGS_MAX) bytes sits in
+    /// the boot-info page instead. Either way `boot_info::ARGS_PTR` says where.
     pub const ARGS: u64 = 0x10000;
     /// Largest argument block in bytes.
     pub const ARGS_MAX: u64 = 0x10000;
@@ -147,6 +149,11 @@ pub mod boot_info {
     pub const ARGS_PTR: u64 = 40;
     /// `u64`: length of the argument block (arguments separated by NUL bytes).
     pub const ARGS_LEN: u64 = 48;
+    /// Where in the boot-info page an argument block that fits is placed: a program's first
+    /// run then touches one page fewer.
+    pub const INLINE_ARGS: u64 = 0x100;
+    /// The largest argument block placed in the boot-info page.
+    pub const INLINE_ARGS_MAX: u64 = super::PAGE_SIZE - INLINE_ARGS;
 }
 
 /// Value of the boot-info magic word ("ZONEBOOT").

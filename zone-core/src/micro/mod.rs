@@ -97,7 +97,14 @@ pub(crate) fn load(
         Ok(())
     };
     user(&mut pt, abi::BOOT_INFO, abi::BOOT_INFO + PAGE_SIZE, USER_R)?;
-    if !args.is_empty() {
+    // A small argument block goes into the boot-info page, which the program reads anyway.
+    let inline_args = args.len() as u64 <= boot_info::INLINE_ARGS_MAX;
+    let args_at = if inline_args {
+        abi::BOOT_INFO + boot_info::INLINE_ARGS
+    } else {
+        abi::ARGS
+    };
+    if !inline_args {
         user(
             &mut pt,
             abi::ARGS,
@@ -128,13 +135,13 @@ pub(crate) fn load(
         (boot_info::MEM_SIZE, plan.mem_size),
         (boot_info::HEAP_START, plan.heap.start),
         (boot_info::HEAP_END, plan.heap.end),
-        (boot_info::ARGS_PTR, abi::ARGS),
+        (boot_info::ARGS_PTR, args_at),
         (boot_info::ARGS_LEN, args.len() as u64),
     ];
     for (offset, value) in info {
         mem.write_obj(value, GuestAddress(abi::BOOT_INFO + offset))?;
     }
-    mem.write_slice(&args, GuestAddress(abi::ARGS))?;
+    mem.write_slice(&args, GuestAddress(args_at))?;
     for v in 0..vcpus {
         let mb = hypercall::mailbox_addr(v);
         mem.write_obj(mb, GuestAddress(mb + 8 * mailbox::SELF_PTR as u64))?;
