@@ -1,8 +1,9 @@
-//! vCPU threads started at the beginning of `build()`: each installs its seccomp filter (the
-//! kernel compiles it and prepares its action cache, a few hundred microseconds) and hands its
-//! listener to the supervisor while the building thread creates the VM, its memory and the
-//! vCPUs, then waits for its vCPU. A build that fails lets them go: they end without ever
-//! running a guest.
+//! vCPU threads started at the beginning of `build()`: each runs its `before_filter` hook (a
+//! micro zone's host-function helper starts there), installs its seccomp filter (the kernel
+//! compiles it and prepares its action cache, about 100 us for the bucketed vCPU filter on the
+//! development machine) and hands its listener to the supervisor while the building thread
+//! creates the VM, its memory and the vCPUs, then waits for its vCPU. A build that fails lets
+//! them go: they end without ever running a guest.
 
 use super::GuestExits;
 use crate::seccomp::{RefusalSink, Seccomp, SeccompError, ThreadFilter, ThreadKind};
