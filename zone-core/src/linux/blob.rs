@@ -99,23 +99,6 @@ impl Loadable {
     }
 }
 
-/// Reads `len` bytes at `offset` of `file` straight into guest memory at `guest` (no copy
-/// through the VMM): how a cached vmlinux's segments and a cached initramfs are loaded.
-pub(crate) fn read_into_guest(
-    file: &mut std::fs::File,
-    mem: &vm_memory::GuestMemoryMmap,
-    offset: u64,
-    len: u64,
-    guest: u64,
-) -> std::io::Result<()> {
-    use std::io::{Seek, SeekFrom};
-    use vm_memory::Bytes;
-    file.seek(SeekFrom::Start(offset))?;
-    let len = usize::try_from(len).map_err(|_| std::io::ErrorKind::InvalidInput)?;
-    mem.read_exact_volatile_from(vm_memory::GuestAddress(guest), file, len)
-        .map_err(std::io::Error::other)
-}
-
 /// A growable byte buffer in an anonymous mapping of its own, unmapped when dropped. Its
 /// address space is reserved without backing (`MAP_NORESERVE`): only the pages written become
 /// resident.

@@ -3,6 +3,7 @@
 
 use super::blob::Loadable;
 use super::elf_kernel;
+use super::guest_read::{Piece, Readers};
 use super::layout;
 use linux_loader::bootparam::{boot_e820_entry, boot_params, setup_header};
 use linux_loader::loader::{KernelLoader, bzimage::BzImage};
@@ -79,6 +80,7 @@ const ELF_HEAD: usize = 64 << 10;
 pub(crate) fn load_kernel(
     mem: &GuestMemoryMmap,
     image: &mut Loadable,
+    readers: &Readers<'_>,
 ) -> Result<LoadedKernel, BootError> {
     let head = image
         .head(ELF_HEAD)
@@ -105,7 +107,7 @@ pub(crate) fn load_kernel(
         drop(head);
         match image {
             Loadable::Bytes(b) => elf_kernel::copy_bytes(mem, &plan, b)?,
-            Loadable::File(f) => elf_kernel::copy_file(mem, &plan, f)?,
+            Loadable::File(f) => elf_kernel::copy_file(mem, &plan, f, readers)?,
         }
         let header = setup_header {
             boot_flag: KERNEL_BOOT_FLAG_MAGIC,
@@ -179,6 +181,7 @@ pub(crate) fn load_initramfs(
     kernel: &LoadedKernel,
     mem_size: u64,
     initramfs: &mut Loadable,
+    readers: &Readers<'_>,
 ) -> Result<u64, BootError> {
     let len = initramfs.len()?;
     let limit = match kernel.header.initrd_addr_max {
@@ -203,8 +206,15 @@ pub(crate) fn load_initramfs(
     }
     match initramfs {
         Loadable::Bytes(b) => mem.write_slice(b, GuestAddress(at))?,
-        Loadable::File(f) => super::blob::read_into_guest(f, mem, 0, len, at)
-            .map_err(|e| BootError::Load(format!("reading the initramfs: {e}")))?,
+        Loadable::File(f) => {
+            let whole = Piece {
+                guest: at,
+                offset: 0,
+                len,
+            };
+            super::guest_read::read(f, mem, &[whole], readers)
+                .map_err(|e| BootError::Load(format!("reading the initramfs: {e}")))?
+        }
     }
     Ok(at)
 }
@@ -272,6 +282,11 @@ fn zero_page_bytes(params: &boot_params) -> Vec<u8> {
 mod tests {
     use super::*;
 
+    /// The calling thread reads alone.
+    fn alone() -> Readers<'static> {
+        Readers::new(1, &crate::linux::guest_read::unfiltered)
+    }
+
     fn bytes(b: &[u8]) -> Loadable {
         Loadable::Bytes(super::super::blob::Blob::Owned(b.to_vec()))
     }
@@ -303,7 +318,7 @@ mod tests {
         elf[0x40 + 0x18..0x40 + 0x20].copy_from_slice(&(16u64 << 20).to_le_bytes());
         elf[0x40 + 0x28..0x40 + 0x30].copy_from_slice(&(48u64 << 20).to_le_bytes());
         assert_eq!(elf_extent(&elf), Some((16 << 20, 64 << 20)));
-        let err = load_kernel(&mem(32 << 20), &mut bytes(&elf)).unwrap_err();
+        let err = load_kernel(&mem(32 << 20), &mut bytes(&elf), &alone()).unwrap_err();
         assert!(
             matches!(err, BootError::NoRoom { needed, end, .. } if needed == 48 << 20 && end == 32 << 20),
             "{err}"
@@ -365,10 +380,17 @@ mod tests {
         ));
         let big = vec![0u8; 10 << 20];
         assert!(matches!(
-            load_initramfs(&m, &kernel(0x800000), 16 << 20, &mut bytes(&big)),
+            load_initramfs(&m, &kernel(0x800000), 16 << 20, &mut bytes(&big), &alone()),
             Err(BootError::NoRoom { .. })
         ));
-        let at = load_initramfs(&m, &kernel(0x800000), 16 << 20, &mut bytes(&[1u8; 5000])).unwrap();
+        let at = load_initramfs(
+            &m,
+            &kernel(0x800000),
+            16 << 20,
+            &mut bytes(&[1u8; 5000]),
+            &alone(),
+        )
+        .unwrap();
         assert_eq!(at, (16 << 20) - 0x2000, "page-aligned at the top");
         // From a file (a cached archive), the same bytes at the same place.
         let path = std::env::temp_dir().join(format!("zones-initrd-test-{}", std::process::id()));
@@ -376,7 +398,7 @@ mod tests {
         std::fs::write(&path, &data).unwrap();
         let mut file = Loadable::File(std::fs::File::open(&path).unwrap());
         std::fs::remove_file(&path).unwrap();
-        let at = load_initramfs(&m, &kernel(0x800000), 16 << 20, &mut file).unwrap();
+        let at = load_initramfs(&m, &kernel(0x800000), 16 << 20, &mut file, &alone()).unwrap();
         assert_eq!(at, (16 << 20) - 0x2000);
         let mut got = vec![0u8; 5000];
         m.read_slice(&mut got, GuestAddress(at)).unwrap();
@@ -387,13 +409,13 @@ mod tests {
     fn garbage_is_not_a_kernel() {
         let m = mem(16 << 20);
         assert!(matches!(
-            load_kernel(&m, &mut bytes(b"definitely not a kernel")),
+            load_kernel(&m, &mut bytes(b"definitely not a kernel"), &alone()),
             Err(BootError::UnknownFormat(_))
         ));
         let mut fake = vec![0u8; 0x400];
         fake[0x202..0x206].copy_from_slice(&KERNEL_HDR_MAGIC.to_le_bytes());
         assert!(
-            load_kernel(&m, &mut bytes(&fake)).is_err(),
+            load_kernel(&m, &mut bytes(&fake), &alone()).is_err(),
             "HdrS but no valid bzImage"
         );
     }

@@ -8,6 +8,7 @@
 //! adds bounds on every offset and size, as the image may come from anywhere.
 
 use super::boot::BootError;
+use super::guest_read::Readers;
 use super::layout;
 use crate::micro::elf::{u16_at, u32_at, u64_at};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
@@ -21,12 +22,7 @@ const SHDR_SIZE: usize = 0x40;
 pub(crate) const MAX_SECTION_TABLE: usize = 1 << 20;
 
 /// What to copy: `len` bytes from `offset` in the image to guest address `guest`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct Piece {
-    pub(crate) guest: u64,
-    pub(crate) offset: u64,
-    pub(crate) len: u64,
-}
+pub(crate) use super::guest_read::Piece;
 
 /// How to load an ELF kernel: its entry, the end of its memory, and the pieces to copy.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -149,17 +145,15 @@ pub(crate) fn copy_bytes(
     Ok(())
 }
 
-/// Reads the plan's pieces from `file` straight into guest memory.
+/// Reads the plan's pieces from `file` straight into guest memory, with `readers`.
 pub(crate) fn copy_file(
     mem: &GuestMemoryMmap,
     plan: &Plan,
-    file: &mut std::fs::File,
+    file: &std::fs::File,
+    readers: &Readers<'_>,
 ) -> Result<(), BootError> {
-    for p in &plan.pieces {
-        super::blob::read_into_guest(file, mem, p.offset, p.len, p.guest)
-            .map_err(|e| BootError::Load(format!("reading the kernel image: {e}")))?;
-    }
-    Ok(())
+    super::guest_read::read(file, mem, &plan.pieces, readers)
+        .map_err(|e| BootError::Load(format!("reading the kernel image: {e}")))
 }
 
 #[cfg(test)]
@@ -262,7 +256,14 @@ mod tests {
         let file_mem =
             GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), (K + 0x20000) as usize)])
                 .unwrap();
-        copy_file(&file_mem, &p, &mut std::fs::File::open(&path).unwrap()).unwrap();
+        let readers = Readers::new(2, &super::super::guest_read::unfiltered);
+        copy_file(
+            &file_mem,
+            &p,
+            &std::fs::File::open(&path).unwrap(),
+            &readers,
+        )
+        .unwrap();
         std::fs::remove_file(&path).unwrap();
         let mut a = vec![0u8; 0x20000];
         let mut c = vec![0u8; 0x20000];

@@ -14,6 +14,7 @@ mod devices;
 mod disk;
 mod elf_kernel;
 mod exits;
+mod guest_read;
 mod initramfs;
 mod initramfs_cache;
 pub(crate) mod layout;
@@ -659,19 +660,26 @@ pub(crate) fn build(
         .map_err(s.vm_err("KVM_CREATE_IRQCHIP"))?;
     let mem = s.memory(&vm, &layout::ram_regions(s.mem_size))?;
     phases.done("VM and memory");
+    let shared = s.shared(&mem);
+    let reader_filter = || {
+        shared.thread_filter(
+            crate::seccomp::ThreadKind::Helper,
+            vec![libc::SYS_pread64],
+            "boot-file reader".into(),
+        )
+    };
     let kernel = load(
         &mem,
         &mut kernel_image,
         &mut initramfs,
-        &cmdline,
-        s.mem_size,
+        (&cmdline, s.mem_size),
+        &guest_read::Readers::for_host(&reader_filter),
     )
     .map_err(err)?;
     // Copied into the guest: the build's large buffers are garbage now.
     drop((kernel_image, initramfs));
     phases.done("kernel and boot data loaded");
 
-    let shared = s.shared(&mem);
     let pio = devices::legacy(&vm.fd, &shared).map_err(err)?;
     let mut virtio = devices::VirtioBus::new(&vm.fd, &mem, &s.zone, &shared, guest.pci);
     if with_agent {
@@ -741,20 +749,21 @@ pub(crate) fn build(
     Ok(zone)
 }
 
-/// Writes boot tables, kernel, initramfs, command line and boot parameters into guest memory.
+/// Writes boot tables, kernel, initramfs, command line and boot parameters (`(cmdline,
+/// mem_size)`) into guest memory; files are read by `readers`.
 fn load(
     mem: &vm_memory::GuestMemoryMmap,
     kernel_image: &mut Loadable,
     initramfs: &mut Loadable,
-    cmdline: &str,
-    mem_size: u64,
+    (cmdline, mem_size): (&str, u64),
+    readers: &guest_read::Readers<'_>,
 ) -> Result<boot::LoadedKernel, LinuxError> {
     cpu::write_tables(mem)?;
-    let kernel = boot::load_kernel(mem, kernel_image)?;
+    let kernel = boot::load_kernel(mem, kernel_image, readers)?;
     let len = initramfs.len()?;
     let initrd_at = match len {
         0 => 0,
-        _ => boot::load_initramfs(mem, &kernel, mem_size, initramfs)?,
+        _ => boot::load_initramfs(mem, &kernel, mem_size, initramfs, readers)?,
     };
     boot::write_boot_params(mem, &kernel, cmdline, (initrd_at, len), mem_size)?;
     Ok(kernel)
