@@ -367,16 +367,34 @@ fn spawn(request: &ExecRequest) -> Result<Child, String> {
     if let Some((uid, gid)) = defaults.user {
         cmd.uid(uid).gid(gid);
     }
-    cmd.current_dir(OsStr::from_bytes(cwd))
-        .stdin(if request.stdin {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0);
+    // std starts a command with posix_spawn (a clone that shares the server's memory until the
+    // exec) only when it need not change directory (the agent is linked statically: its libc
+    // offers no `posix_spawn_file_actions_addchdir_np` that std can find); with a directory it
+    // forks, copying the server's page tables. The server's own directory needs no change.
+    if !is_own_directory(cwd) {
+        cmd.current_dir(OsStr::from_bytes(cwd));
+    }
+    cmd.stdin(if request.stdin {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    })
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .process_group(0);
     cmd.spawn().map_err(|e| spawn_error(request, program, &e))
+}
+
+/// Whether `dir` is the server's working directory, as it was when first asked (the server never
+/// changes it).
+fn is_own_directory(dir: &[u8]) -> bool {
+    static OWN: std::sync::OnceLock<Option<Vec<u8>>> = std::sync::OnceLock::new();
+    let own = OWN.get_or_init(|| {
+        std::env::current_dir()
+            .ok()
+            .map(|d| d.into_os_string().into_encoded_bytes())
+    });
+    own.as_deref() == Some(dir)
 }
 
 /// `KEY=VALUE` split at the first `=` (a value may contain more); no `=`: an empty value.
@@ -468,6 +486,37 @@ mod tests {
         assert_eq!(split_env(b"B=x=y"), (&b"B"[..], &b"x=y"[..]));
         assert_eq!(split_env(b"C="), (&b"C"[..], &b""[..]));
         assert_eq!(split_env(b"D"), (&b"D"[..], &b""[..]));
+    }
+
+    /// What `pwd` prints when spawned with `cwd`.
+    fn pwd_in(cwd: &[u8]) -> Vec<u8> {
+        let req = ExecRequest {
+            argv: vec![b"sh".to_vec(), b"-c".to_vec(), b"pwd -P".to_vec()],
+            cwd: cwd.to_vec(),
+            ..Default::default()
+        };
+        let out = spawn(&req).unwrap().wait_with_output().unwrap();
+        assert!(out.status.success(), "{out:?}");
+        out.stdout.trim_ascii_end().to_vec()
+    }
+
+    #[test]
+    fn a_command_runs_where_asked_whether_or_not_that_is_the_servers_directory() {
+        let bytes = |p: std::path::PathBuf| p.into_os_string().into_encoded_bytes();
+        let own = std::env::current_dir().unwrap();
+        let physical = bytes(own.canonicalize().unwrap());
+        let own = bytes(own);
+        assert!(is_own_directory(&own));
+        assert_eq!(
+            pwd_in(&own),
+            physical,
+            "the server's own directory (no change asked)"
+        );
+        let tmp = bytes(std::env::temp_dir().canonicalize().unwrap());
+        assert!(!is_own_directory(&tmp));
+        assert_eq!(pwd_in(&tmp), tmp, "another directory");
+        // No directory asked: `/` (the server's own in a zone; not this test's).
+        assert_eq!(pwd_in(b""), b"/");
     }
 
     #[test]
