@@ -22,6 +22,9 @@
 //! lab with `LAB_ENV=ZONES_BENCH_SKIP_MEMORY`): the lab's emulated machine sometimes freezes
 //! under the 32 zones, and lab/test then starts the whole bench again.
 //!
+//! `ZONES_BENCH_BOOT_ONLY=debian` (or `minimal`) runs only that kernel's boot comparison: no
+//! memory overhead, no throughput, no exec latency (pass it with `LAB_ENV=ZONES_BENCH_BOOT_ONLY`).
+//!
 //! Criterion writes its reports under `$CRITERION_HOME` (lab/test sets it to /tmp in the lab,
 //! whose root file system is read-only).
 
@@ -181,33 +184,44 @@ fn report_boot() {
         println!("boot: SKIPPED (busybox or cpio missing for the peers' initramfs)");
         return;
     };
-    let debian = std::path::PathBuf::from(zones_kernel_path());
-    let debian_vmlinux = peers::extract_vmlinux(&debian, &work.join("debian.vmlinux"));
-    fair_boot(
-        "Debian kernel",
-        &debian,
-        debian_vmlinux.as_deref(),
-        &boot,
-        &initrd,
-        &work,
-    );
-    // The kernel lab/minikernel builds: drivers built in, no modules.
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/minikernel");
-    let (mini, mini_vmlinux) = (dir.join("bzImage"), dir.join("vmlinux"));
-    if mini.is_file() {
-        let boot_mini = || with_userland(LinuxBoot::new(&mini));
+    let only = std::env::var("ZONES_BENCH_BOOT_ONLY").ok();
+    let wanted = |kernel: &str| only.as_deref().is_none_or(|o| o == kernel);
+    if wanted("debian") {
+        let debian = std::path::PathBuf::from(zones_kernel_path());
+        let debian_vmlinux = peers::extract_vmlinux(&debian, &work.join("debian.vmlinux"));
         fair_boot(
-            "minimal kernel",
-            &mini,
-            mini_vmlinux.is_file().then_some(mini_vmlinux.as_path()),
-            &boot_mini,
+            "Debian kernel",
+            &debian,
+            debian_vmlinux.as_deref(),
+            &boot,
             &initrd,
             &work,
         );
-    } else {
-        println!("boot (minimal kernel): SKIPPED (build it with lab/minikernel)");
+    }
+    // The kernel lab/minikernel builds: drivers built in, no modules.
+    if wanted("minimal") {
+        boot_minimal(&initrd, &work);
     }
     let _ = std::fs::remove_dir_all(&work);
+}
+
+/// The fair boot bench on the kernel lab/minikernel builds (drivers built in, no modules).
+fn boot_minimal(initrd: &std::path::Path, work: &std::path::Path) {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/minikernel");
+    let (mini, mini_vmlinux) = (dir.join("bzImage"), dir.join("vmlinux"));
+    if !mini.is_file() {
+        println!("boot (minimal kernel): SKIPPED (build it with lab/minikernel)");
+        return;
+    }
+    let boot_mini = || with_userland(LinuxBoot::new(&mini));
+    fair_boot(
+        "minimal kernel",
+        &mini,
+        mini_vmlinux.is_file().then_some(mini_vmlinux.as_path()),
+        &boot_mini,
+        initrd,
+        work,
+    );
 }
 
 fn zones_kernel_path() -> String {
@@ -334,6 +348,10 @@ fn main() {
         eprintln!(
             "SKIPPED linux_zone benchmarks: they need a KVM that runs guest kernels (lab/test --bench linux_zone)"
         );
+        return;
+    }
+    if std::env::var_os("ZONES_BENCH_BOOT_ONLY").is_some() {
+        report_boot();
         return;
     }
     // Memory first: a process that has run other zones has paid its one-time costs already.

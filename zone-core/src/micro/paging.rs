@@ -252,10 +252,17 @@ mod tests {
             .unwrap();
         pt.map(0x600000..0x800000, PageFlags::new(true, true, false))
             .unwrap();
-        for (va, levels, dirty) in [(0x400000, 4, false), (0x401000, 4, true), (0x600000, 3, true)] {
+        for (va, levels, dirty) in [
+            (0x400000, 4, false),
+            (0x401000, 4, true),
+            (0x600000, 3, true),
+        ] {
             let entries = walk(&mem, pt.root(), va);
             assert_eq!(entries.len(), levels, "{va:#x}");
-            assert!(entries.iter().all(|e| e & ACCESSED != 0), "{va:#x}: {entries:x?}");
+            assert!(
+                entries.iter().all(|e| e & ACCESSED != 0),
+                "{va:#x}: {entries:x?}"
+            );
             let leaf = entries[levels - 1];
             assert_eq!(leaf & DIRTY != 0, dirty, "{va:#x}: leaf {leaf:#x}");
             assert!(
