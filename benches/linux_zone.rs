@@ -177,15 +177,15 @@ fn paired_text(paired: Option<f64>) -> String {
     })
 }
 
-fn report_boot() {
+/// The fair boot bench on `only` the named kernel (`debian` or `minimal`), or on both.
+fn report_boot(only: Option<&str>) {
     let work = std::env::temp_dir().join(format!("zones-peer-{}", std::process::id()));
     let _ = std::fs::create_dir_all(&work);
     let Some(initrd) = peers::initramfs(&work) else {
         println!("boot: SKIPPED (busybox or cpio missing for the peers' initramfs)");
         return;
     };
-    let only = std::env::var("ZONES_BENCH_BOOT_ONLY").ok();
-    let wanted = |kernel: &str| only.as_deref().is_none_or(|o| o == kernel);
+    let wanted = |kernel: &str| only.is_none_or(|o| o == kernel);
     if wanted("debian") {
         let debian = std::path::PathBuf::from(zones_kernel_path());
         let debian_vmlinux = peers::extract_vmlinux(&debian, &work.join("debian.vmlinux"));
@@ -350,8 +350,9 @@ fn main() {
         );
         return;
     }
-    if std::env::var_os("ZONES_BENCH_BOOT_ONLY").is_some() {
-        report_boot();
+    let only = std::env::var("ZONES_BENCH_BOOT_ONLY").ok();
+    if only.is_some() {
+        report_boot(only.as_deref());
         return;
     }
     // Memory first: a process that has run other zones has paid its one-time costs already.
@@ -362,7 +363,7 @@ fn main() {
         return;
     }
     report_throughput();
-    report_boot();
+    report_boot(None);
     let mut c = Criterion::default().configure_from_args();
     exec_latency(&mut c);
     c.final_summary();

@@ -8,7 +8,7 @@
 //! adds bounds on every offset and size, as the image may come from anywhere.
 
 use super::boot::BootError;
-use super::guest_read::Readers;
+use super::guest_read::{Piece, Readers};
 use super::layout;
 use crate::micro::elf::{u16_at, u32_at, u64_at};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
@@ -20,9 +20,6 @@ const PHDR_SIZE: usize = 0x38;
 const SHDR_SIZE: usize = 0x40;
 /// Largest section header table read (a vmlinux has about 40 entries, 2.5 KiB).
 pub(crate) const MAX_SECTION_TABLE: usize = 1 << 20;
-
-/// What to copy: `len` bytes from `offset` in the image to guest address `guest`.
-pub(crate) use super::guest_read::Piece;
 
 /// How to load an ELF kernel: its entry, the end of its memory, and the pieces to copy.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -28,9 +28,9 @@ pub(crate) struct Piece {
 }
 
 /// Threads that read at most, the building thread included.
-pub(crate) const MAX_THREADS: usize = 4;
+const MAX_THREADS: usize = 4;
 /// The unit of work: guest memory is split at multiples of this (a huge page).
-pub(crate) const CHUNK: u64 = 2 << 20;
+const CHUNK: u64 = 2 << 20;
 
 /// Who reads: how many threads, and the filter each helper thread installs first.
 pub(crate) struct Readers<'a> {
@@ -55,7 +55,7 @@ impl<'a> Readers<'a> {
 }
 
 /// `pieces` cut at every [`CHUNK`] boundary of guest memory, in order.
-pub(crate) fn chunks(pieces: &[Piece]) -> Vec<Piece> {
+fn chunks(pieces: &[Piece]) -> Vec<Piece> {
     let mut out = Vec::new();
     for p in pieces {
         let (mut guest, mut offset, end) = (p.guest, p.offset, p.guest.saturating_add(p.len));
@@ -112,12 +112,14 @@ pub(crate) fn read(
         }
         work.run();
     });
-    match work.error.into_inner() {
-        Ok(None) => Ok(()),
-        Ok(Some(e)) => Err(e),
-        Err(poisoned) => Err(poisoned
-            .into_inner()
-            .unwrap_or_else(|| std::io::Error::other("a boot-file reader panicked"))),
+    // A reader that panicked has made `scope` panic already: the lock is never poisoned here.
+    match work
+        .error
+        .into_inner()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+    {
+        None => Ok(()),
+        Some(e) => Err(e),
     }
 }
 

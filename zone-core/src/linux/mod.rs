@@ -672,7 +672,8 @@ pub(crate) fn build(
         &mem,
         &mut kernel_image,
         &mut initramfs,
-        (&cmdline, s.mem_size),
+        &cmdline,
+        s.mem_size,
         &guest_read::Readers::for_host(&reader_filter),
     )
     .map_err(err)?;
@@ -749,13 +750,14 @@ pub(crate) fn build(
     Ok(zone)
 }
 
-/// Writes boot tables, kernel, initramfs, command line and boot parameters (`(cmdline,
-/// mem_size)`) into guest memory; files are read by `readers`.
+/// Writes boot tables, kernel, initramfs, command line and boot parameters into guest memory;
+/// files are read by `readers`.
 fn load(
     mem: &vm_memory::GuestMemoryMmap,
     kernel_image: &mut Loadable,
     initramfs: &mut Loadable,
-    (cmdline, mem_size): (&str, u64),
+    cmdline: &str,
+    mem_size: u64,
     readers: &guest_read::Readers<'_>,
 ) -> Result<boot::LoadedKernel, LinuxError> {
     cpu::write_tables(mem)?;
