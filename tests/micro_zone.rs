@@ -63,12 +63,7 @@ fn console_output_is_captured_exactly() {
     let phases: Vec<&str> = report.build_phases.iter().map(|p| p.0).collect();
     assert_eq!(
         phases,
-        [
-            "threads started",
-            "VM and memory",
-            "program loaded",
-            "vCPUs"
-        ],
+        ["threads started", "VM", "vCPUs", "memory and program"],
         "{report}"
     );
     let milestones: Vec<&str> = report.milestones.iter().map(|m| m.0).collect();

@@ -78,7 +78,7 @@ fn a_zone_life_is_traced() {
     let lines = log.lines_of("traced-hello", "zone stopped");
     let has = |what: &str| lines.iter().any(|l| l.contains(what));
     assert!(
-        has("build phase") && has("phase=\"VM and memory\"") && has("phase=\"vCPUs\""),
+        has("build phase") && has("phase=\"VM\"") && has("phase=\"vCPUs\""),
         "{lines:#?}"
     );
     assert!(has("zone built") && has("kind=\"micro\""), "{lines:#?}");

@@ -111,7 +111,9 @@ pub struct BootReport {
     pub zone: String,
     /// `build()`'s phases (host side), in order, with their durations: kernel read, root
     /// filesystem, initramfs, VM and memory, kernel and boot data loaded, devices, vCPUs (Linux
-    /// zones); VM and memory, program loaded, vCPUs (micro zones).
+    /// zones); threads started, VM, vCPUs, memory and program (micro zones: vCPU thread 0 makes
+    /// the memory while the building thread makes the VM and the vCPUs, so this last phase is
+    /// the building thread's wait for it).
     pub build_phases: Vec<(&'static str, Duration)>,
     /// What the host saw the zone reach, since `build()` was called, in order of occurrence:
     /// `vCPUs started`, `first console output`, `vsock driver ready`, `agent answered`,

@@ -182,6 +182,7 @@ impl Settings {
         &self,
         kind: crate::seccomp::ThreadKind,
         before_filter: Arc<dyn Fn(u32) + Send + Sync>,
+        spin: std::time::Duration,
     ) -> Result<VcpuThreads, BuildError> {
         // The process-wide services start from this unfiltered thread, before any vCPU thread.
         self.services()?;
@@ -191,6 +192,7 @@ impl Settings {
             kind,
             self.seccomp,
             before_filter,
+            spin,
         )
         .map_err(|source| BuildError::Thread {
             zone: self.zone.clone(),

@@ -743,7 +743,7 @@ pub(crate) fn build(
         true => crate::seccomp::ThreadKind::PciVcpu,
         false => crate::seccomp::ThreadKind::Vcpu,
     };
-    let threads = s.vcpu_threads(vcpu_kind, Arc::new(|_| {}))?;
+    let threads = s.vcpu_threads(vcpu_kind, Arc::new(|_| {}), std::time::Duration::ZERO)?;
     let mut zone = s.launch(vm, shared, vcpus, exits, threads, phases)?;
     zone.keep
         .extend(pci_bus.map(|b| b as Arc<dyn std::any::Any + Send + Sync>));

@@ -7,6 +7,7 @@ mod host_calls;
 pub(crate) mod hypercall;
 pub(crate) mod layout;
 pub(crate) mod paging;
+mod prepare;
 mod program;
 
 pub use layout::LayoutError;
@@ -46,12 +47,14 @@ pub enum LoadError {
     Args(&'static str),
 }
 
-/// What loading produced: where to start and what the guest may name in hypercalls.
+/// What loading produced: what the guest may name in hypercalls.
 pub(crate) struct Loaded {
-    pub(crate) entry: u64,
-    pub(crate) cr3: u64,
     pub(crate) access: AccessMap,
 }
+
+/// Where the page tables' root goes (the first table [`PageTables`] takes from its area), known
+/// before they are written, so that the vCPUs can be set up meanwhile.
+const CR3: u64 = abi::PAGE_TABLES;
 
 const SUP_R: PageFlags = PageFlags::new(false, false, false);
 const SUP_RX: PageFlags = PageFlags::new(false, false, true);
@@ -127,7 +130,7 @@ pub(crate) fn load(
     for stack in &plan.stacks {
         user(&mut pt, stack.start, stack.end, USER_RW)?;
     }
-    let cr3 = pt.root();
+    debug_assert_eq!(pt.root(), CR3);
 
     let info = [
         (boot_info::MAGIC, BOOT_MAGIC),
@@ -148,8 +151,6 @@ pub(crate) fn load(
         mem.write_obj(u64::from(v), GuestAddress(mb + 8 * mailbox::VCPU as u64))?;
     }
     Ok(Loaded {
-        entry: program.image.entry,
-        cr3,
         access: AccessMap::new(spans),
     })
 }
@@ -180,23 +181,43 @@ pub(crate) fn build(
         s.vcpus,
         !functions.is_empty() && s.seccomp != crate::seccomp::Seccomp::Off,
     );
-    let threads = s.vcpu_threads(crate::seccomp::ThreadKind::Vcpu, helpers.starter())?;
+    // vCPU thread 0 makes the memory while this thread makes the VM and the vCPUs.
+    let (preparation, job) = prepare::new(s, program, &plan);
+    let job = std::sync::Mutex::new(Some(job));
+    let starter = helpers.starter();
+    let before_filter: Arc<dyn Fn(u32) + Send + Sync> = Arc::new(move |index| {
+        starter(index);
+        if index == 0 {
+            let job = job.lock().unwrap_or_else(|e| e.into_inner()).take();
+            if let Some(job) = job {
+                job();
+            }
+        }
+    });
+    let threads = s.vcpu_threads(
+        crate::seccomp::ThreadKind::Vcpu,
+        before_filter,
+        prepare::SPIN,
+    )?;
     phases.done("threads started");
-    let vm = s.open_vm()?;
-    let mem = s.memory(&vm, &[(0, s.mem_size)])?;
-    crate::kvm::create_split_irqchip(&vm.fd).map_err(s.vm_err("KVM_ENABLE_CAP(SPLIT_IRQCHIP)"))?;
-    phases.done("VM and memory");
-    let loaded = load(&mem, program, &plan, s.vcpus).map_err(load_err)?;
-    phases.done("program loaded");
+    let (vm, memory) = preparation.with_vm(s, || {
+        let vm = s.open_vm()?;
+        crate::kvm::create_split_irqchip(&vm.fd)
+            .map_err(s.vm_err("KVM_ENABLE_CAP(SPLIT_IRQCHIP)"))?;
+        Ok(vm)
+    })?;
+    phases.done("VM");
     let vcpus = s.vcpus(&vm, |fd, index| {
         let cpuid = if program.host_cpu_features {
             cpuid::for_vcpu(&vm.cpuid, index, true)
         } else {
             cpuid::for_micro_vcpu(&vm.cpuid)
         };
-        configure_vcpu(fd, index, &loaded, &plan, &cpuid, vm.features)
+        configure_vcpu(fd, index, program.image.entry, &plan, &cpuid, vm.features)
     })?;
     phases.done("vCPUs");
+    let prepare::Prepared { mem, loaded } = memory.wait()?;
+    phases.done("memory and program");
     let shared = s.shared(&mem);
     let host_threads = helpers.collect().map_err(|source| BuildError::Thread {
         zone: s.zone.clone(),
@@ -217,18 +238,18 @@ pub(crate) fn build(
     Ok(zone)
 }
 
-/// Sets up vCPU `index` to start the program at CPL3, with `cpuid` as its CPUID.
+/// Sets up vCPU `index` to start the program at `entry` at CPL3, with `cpuid` as its CPUID.
 pub(crate) fn configure_vcpu(
     fd: &VcpuFd,
     index: u32,
-    loaded: &Loaded,
+    entry: u64,
     plan: &MicroLayout,
     cpuid: &CpuId,
     features: Features,
 ) -> Result<(), (&'static str, kvm_ioctls::Error)> {
     fd.set_cpuid2(cpuid).map_err(|e| ("KVM_SET_CPUID2", e))?;
     let sregs = fd.get_sregs().map_err(|e| ("KVM_GET_SREGS", e))?;
-    fd.set_sregs(&cpu::user_sregs(sregs, index, loaded.cr3, features))
+    fd.set_sregs(&cpu::user_sregs(sregs, index, CR3, features))
         .map_err(|e| ("KVM_SET_SREGS", e))?;
     let fpu = kvm_fpu {
         fcw: 0x37f,
@@ -237,7 +258,7 @@ pub(crate) fn configure_vcpu(
     };
     fd.set_fpu(&fpu).map_err(|e| ("KVM_SET_FPU", e))?;
     let top = plan.stacks[index as usize].end;
-    fd.set_regs(&cpu::user_regs(loaded.entry, top, index))
+    fd.set_regs(&cpu::user_regs(entry, top, index))
         .map_err(|e| ("KVM_SET_REGS", e))?;
     // With the in-kernel LAPIC every vCPU but the first waits for INIT/SIPI; micro zones start
     // all vCPUs at once.

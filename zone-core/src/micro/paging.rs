@@ -71,6 +71,8 @@ pub(crate) struct PageTables<'m> {
 }
 
 impl<'m> PageTables<'m> {
+    /// Tables in `area`, the root first: its address is `area.start`, known before anything is
+    /// mapped.
     pub(crate) fn new(mem: &'m GuestMemoryMmap, area: Range<u64>) -> Result<Self, PagingError> {
         let mut pt = Self {
             mem,
@@ -208,6 +210,7 @@ mod tests {
         pt.map(0x7000..0x8000, PageFlags::new(false, false, true))
             .unwrap();
         let root = pt.root();
+        assert_eq!(root, 0x100000, "the root is the area's first page");
         assert_eq!(translate(&mem, root, 0x400123), Some((0x400123, rx)));
         assert_eq!(translate(&mem, root, 0x402000), Some((0x402000, rw)));
         assert_eq!(

@@ -5,7 +5,7 @@ mod exit;
 pub(crate) mod kick;
 mod threads;
 
-pub(crate) use threads::VcpuThreads;
+pub(crate) use threads::{VcpuThreads, recv_spinning};
 
 use crate::control::Step;
 use crate::exit::ZoneExit;
