@@ -147,7 +147,9 @@ fn divide_by_zero() {
 fn stack_overflow_hits_the_guard_page() {
     require_kvm!();
     let (f, _, _) = fault("stack-overflow");
-    let top = 8u64 << 20;
+    // vCPU 0's stack ends where the boot info and its mailbox start, its top page at a 32 KiB
+    // boundary below them: 8 MiB - 32 KiB + 4 KiB.
+    let top = (8u64 << 20) - 0x7000;
     let guard = top - (256 << 10) - 4096..top - (256 << 10);
     assert_eq!(f.vector, 14);
     let cr2 = f.cr2.unwrap();

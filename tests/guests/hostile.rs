@@ -172,7 +172,7 @@ static SEEN: [AtomicU64; 5] = [const { AtomicU64::new(0) }; 5];
 static MESSAGE: [u8; 64] = [b'r'; 64];
 
 fn mailbox_of(vcpu: u32) -> *mut u64 {
-    (layout::MAILBOXES + u64::from(vcpu) * PAGE_SIZE) as *mut u64
+    zone_guest::mailbox_address(vcpu) as *mut u64
 }
 
 fn race(vcpu: u32) {

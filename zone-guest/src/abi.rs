@@ -22,6 +22,13 @@ pub const PAGE_SIZE: u64 = 0x1000;
 pub const MAX_VCPUS: u32 = 64;
 
 /// Fixed guest-physical layout of a micro zone (identity mapped).
+///
+/// The boot-info page (user, read-only) and the per-vCPU hypercall mailboxes (one page each,
+/// user, read-write, no-execute) have no fixed place: they sit right above vCPU 0's stack, so
+/// that a program's first run finds them in one run of pages with its stack. The host passes
+/// the boot-info address in `rsi` at entry and in every mailbox ([`mailbox::BOOT_INFO`]), each
+/// vCPU's mailbox as its FS base, and vCPU 0's mailbox in the boot info
+/// ([`boot_info::MAILBOXES`]; vCPU i's is i pages higher).
 pub mod layout {
     /// Global descriptor table (supervisor, read-only).
     pub const GDT: u64 = 0x1000;
@@ -35,16 +42,12 @@ pub mod layout {
     pub const STUBS: u64 = 0x7000;
     /// Bytes per exception stub.
     pub const STUB_STRIDE: u64 = 16;
-    /// `BootInfo` page (user, read-only).
-    pub const BOOT_INFO: u64 = 0x8000;
     /// Program arguments that do not fit in the boot-info page (user, read-only): a block of
     /// at most [`boot_info::INLINE_ARGS_MAX`](super::boot_info::INLINE_ARGS_MAX) bytes sits in
     /// the boot-info page instead. Either way `boot_info::ARGS_PTR` says where.
     pub const ARGS: u64 = 0x10000;
     /// Largest argument block in bytes.
     pub const ARGS_MAX: u64 = 0x10000;
-    /// Per-vCPU hypercall mailboxes, one page each (user, read-write, no-execute).
-    pub const MAILBOXES: u64 = 0x20000;
     /// Per-vCPU CPL0 stacks for exception delivery, one page each (supervisor, no-execute).
     pub const KERNEL_STACKS: u64 = 0x60000;
     /// Page tables (not mapped into the guest's address space at all).
@@ -69,6 +72,8 @@ pub mod mailbox {
     pub const RET0: usize = 8;
     /// Second result word: a call-specific value. Written by the host.
     pub const RET1: usize = 9;
+    /// The boot-info page's address. Written by the host.
+    pub const BOOT_INFO: usize = 10;
 }
 
 /// Hypercall numbers (`eax` at the `out`).
@@ -133,7 +138,7 @@ pub mod limits {
     pub const MAX_CONSOLE_WRITE: u64 = 64 << 10;
 }
 
-/// Byte offsets inside the boot-info page the host writes at [`layout::BOOT_INFO`].
+/// Byte offsets inside the boot-info page (its address: [`mailbox::BOOT_INFO`]).
 pub mod boot_info {
     /// `u64`: [`MAGIC`](super::BOOT_MAGIC).
     pub const MAGIC: u64 = 0;
@@ -149,6 +154,8 @@ pub mod boot_info {
     pub const ARGS_PTR: u64 = 40;
     /// `u64`: length of the argument block (arguments separated by NUL bytes).
     pub const ARGS_LEN: u64 = 48;
+    /// `u64`: address of vCPU 0's mailbox page; vCPU i's is i pages higher.
+    pub const MAILBOXES: u64 = 56;
     /// Where in the boot-info page an argument block that fits is placed: a program's first
     /// run then touches one page fewer.
     pub const INLINE_ARGS: u64 = 0x100;

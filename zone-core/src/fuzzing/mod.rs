@@ -5,7 +5,7 @@ pub mod seeds;
 use crate::host_fn::{HostFunctions, u64_adapter};
 use crate::memory::{AccessMap, Span};
 use crate::metrics::HypercallKind;
-use crate::micro::hypercall::{Dispatcher, HypercallSink, mailbox_addr};
+use crate::micro::hypercall::{Dispatcher, HypercallSink};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 use zone_guest::abi::{PAGE_SIZE, layout};
 
@@ -29,10 +29,12 @@ impl HypercallSink for NullSink {
     fn host_fn_called(&self, _: usize) {}
 }
 
-/// A small guest for dispatcher tests and fuzzing: vCPU 0's mailbox page, a writable page at
-/// [`DATA`], a read-only page at [`RODATA`], and a last page that is guest memory but in no span
-/// (the host must never touch it).
-pub(crate) const DATA: u64 = layout::MAILBOXES + PAGE_SIZE;
+/// A small guest for dispatcher tests and fuzzing: vCPU 0's mailbox page at [`MAILBOX`], a
+/// writable page at [`DATA`], a read-only page at [`RODATA`], and a last page that is guest
+/// memory but in no span (the host must never touch it).
+pub(crate) const MAILBOX: u64 = 0x20000;
+/// See [`MAILBOX`].
+pub(crate) const DATA: u64 = MAILBOX + PAGE_SIZE;
 /// See [`DATA`].
 pub(crate) const RODATA: u64 = DATA + PAGE_SIZE;
 const MEMORY: u64 = RODATA + 2 * PAGE_SIZE;
@@ -47,7 +49,7 @@ pub(crate) fn small_guest() -> (GuestMemoryMmap, AccessMap) {
         writable,
     };
     let access = AccessMap::new(vec![
-        span(layout::MAILBOXES, DATA, true),
+        span(MAILBOX, DATA, true),
         span(DATA, RODATA, true),
         span(RODATA, RODATA + PAGE_SIZE, false),
     ]);
@@ -85,6 +87,7 @@ fn fuzz_dispatcher() -> Dispatcher {
     Dispatcher {
         zone: "fuzz".into(),
         mem,
+        mailboxes: MAILBOX,
         access,
         functions,
         host_threads: Vec::new(),
@@ -93,7 +96,7 @@ fn fuzz_dispatcher() -> Dispatcher {
 
 fn run_hypercall(d: &Dispatcher, data: &[u8]) {
     static ZERO: [u8; PAGE_SIZE as usize] = [0; PAGE_SIZE as usize];
-    for page in [layout::MAILBOXES, DATA, RODATA] {
+    for page in [MAILBOX, DATA, RODATA] {
         d.mem.write_slice(&ZERO, GuestAddress(page)).expect("reset");
     }
     let nr = u32::from_le_bytes([data[0], data[1], data[2], data[3]]);
@@ -110,7 +113,7 @@ fn run_hypercall(d: &Dispatcher, data: &[u8]) {
         .write_slice(&rw[..rw.len().min(page)], GuestAddress(DATA))
         .expect("data");
     d.mem
-        .write_slice(&data[4..52], GuestAddress(mailbox_addr(0) + 16))
+        .write_slice(&data[4..52], GuestAddress(MAILBOX + 16))
         .expect("mailbox");
     // Everything the guest may not write becomes read-only on the host for the call: a stray
     // host write faults at once and the fuzzer reports it.
@@ -119,7 +122,7 @@ fn run_hypercall(d: &Dispatcher, data: &[u8]) {
         .get_host_address(GuestAddress(0))
         .expect("host address");
     let protect = |prot| {
-        for (start, end) in [(0, layout::MAILBOXES), (RODATA, MEMORY)] {
+        for (start, end) in [(0, MAILBOX), (RODATA, MEMORY)] {
             // SAFETY: both ranges are page-aligned and inside this dispatcher's own mapping of
             // MEMORY bytes; nothing else references those pages during the call.
             let rc = unsafe {

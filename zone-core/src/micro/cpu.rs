@@ -173,21 +173,22 @@ fn segment(selector: u16, code: bool, dpl: u8, base: u64) -> kvm_segment {
     }
 }
 
-/// Special registers of vCPU `index`: long mode, paging from `cr3`, CPL3 code and data, FS at the
-/// vCPU's mailbox, TR at its TSS, SMEP/SMAP/UMIP where the host has them.
-pub(crate) fn user_sregs(mut s: kvm_sregs, index: u32, cr3: u64, features: Features) -> kvm_sregs {
+/// Special registers of vCPU `index`: long mode, paging from `cr3`, CPL3 code and data, FS at
+/// `mailbox` (the vCPU's), TR at its TSS, SMEP/SMAP/UMIP where the host has them.
+pub(crate) fn user_sregs(
+    mut s: kvm_sregs,
+    index: u32,
+    cr3: u64,
+    mailbox: u64,
+    features: Features,
+) -> kvm_sregs {
     s.cs = segment(USER_CS, true, 3, 0);
     let data = segment(USER_DS, false, 3, 0);
     s.ds = data;
     s.es = data;
     s.ss = data;
     s.gs = data;
-    s.fs = segment(
-        USER_DS,
-        false,
-        3,
-        layout::MAILBOXES + u64::from(index) * PAGE_SIZE,
-    );
+    s.fs = segment(USER_DS, false, 3, mailbox);
     s.tr = kvm_segment {
         base: tss_base(index),
         limit: TSS_LIMIT as u32,
@@ -233,13 +234,13 @@ fn gdt_len_bytes(vcpus: u32) -> u64 {
 
 /// General registers of vCPU `index`: entry point, its stack, interrupts off, RDI = index,
 /// RSI = boot info.
-pub(crate) fn user_regs(entry: u64, stack_top: u64, index: u32) -> kvm_regs {
+pub(crate) fn user_regs(entry: u64, stack_top: u64, index: u32, boot_info: u64) -> kvm_regs {
     kvm_regs {
         rip: entry,
         rsp: stack_top,
         rflags: 0x2,
         rdi: u64::from(index),
-        rsi: layout::BOOT_INFO,
+        rsi: boot_info,
         ..Default::default()
     }
 }
@@ -293,10 +294,16 @@ mod tests {
         let [lo, hi] = tss_descriptor(tss_base(1), TSS_LIMIT);
         assert_eq!(g[7], lo);
         assert_eq!(g[8], hi);
-        let s = user_sregs(kvm_sregs::default(), 1, 0x100000, Features::default());
+        let s = user_sregs(
+            kvm_sregs::default(),
+            1,
+            0x100000,
+            0x7f_3000,
+            Features::default(),
+        );
         assert_eq!(s.tr.selector as usize / 8, 7);
         assert_eq!(s.cs.dpl, 3);
-        assert_eq!(s.fs.base, layout::MAILBOXES + PAGE_SIZE);
+        assert_eq!(s.fs.base, 0x7f_3000);
         assert!(u64::from(s.gdt.limit) >= u64::from(s.tr.selector) + 15);
     }
 }

@@ -125,8 +125,9 @@ impl HostCallThread {
 
 fn serve(slot: &Slot, zone_id: u64) {
     crate::vcpu::set_current_zone(zone_id);
+    let mut spin = Duration::ZERO;
     loop {
-        wait_until(SPIN, || {
+        wait_until(spin, || {
             slot.stop.load(Ordering::Acquire) || slot.state.load(Ordering::Acquire) == POSTED
         });
         if slot.stop.load(Ordering::Acquire) {
@@ -137,6 +138,7 @@ fn serve(slot: &Slot, zone_id: u64) {
             // A panicking job is dropped half-run; its caller finds no result.
             let _ = catch_unwind(AssertUnwindSafe(job));
         }
+        spin = SPIN;
         slot.state.store(DONE, Ordering::Release);
         if let Some(caller) = lock(&slot.caller).take() {
             caller.unpark();

@@ -15,7 +15,7 @@ use crate::memory::{Access, AccessMap};
 use crate::metrics::HypercallKind;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
-use zone_guest::abi::{Hypercall, PAGE_SIZE, layout, limits, mailbox, status};
+use zone_guest::abi::{Hypercall, PAGE_SIZE, limits, mailbox, status};
 
 /// Longest panic message taken from a guest.
 const MAX_PANIC_MESSAGE: u64 = 4096;
@@ -47,15 +47,12 @@ fn ret(status: i64, value: u64) -> Outcome {
     Outcome::Return { status, value }
 }
 
-/// Address of vCPU `vcpu`'s mailbox page.
-pub(crate) fn mailbox_addr(vcpu: u32) -> u64 {
-    layout::MAILBOXES + u64::from(vcpu) * PAGE_SIZE
-}
-
 /// Performs micro-zone hypercalls for one zone.
 pub(crate) struct Dispatcher {
     pub(crate) zone: String,
     pub(crate) mem: GuestMemoryMmap,
+    /// vCPU 0's mailbox page; vCPU i's is i pages higher.
+    pub(crate) mailboxes: u64,
     pub(crate) access: AccessMap,
     pub(crate) functions: HostFunctions,
     /// Per vCPU, the thread its host functions run on (none: on the vCPU thread itself).
@@ -65,7 +62,7 @@ pub(crate) struct Dispatcher {
 impl Dispatcher {
     /// Handles hypercall `nr` from vCPU `vcpu`, including the mailbox round trip.
     pub(crate) fn handle(&self, vcpu: u32, nr: u32, sink: &dyn HypercallSink) -> Outcome {
-        let mb = mailbox_addr(vcpu);
+        let mb = self.mailboxes + u64::from(vcpu) * PAGE_SIZE;
         let mut raw = [0u8; 8 * mailbox::NARGS];
         if self
             .mem
@@ -320,7 +317,7 @@ pub(crate) mod tests {
         }
     }
 
-    pub(crate) use crate::fuzzing::{DATA, RODATA};
+    pub(crate) use crate::fuzzing::{DATA, MAILBOX, RODATA};
 
     /// The small fuzzing guest with test host functions.
     pub(crate) fn dispatcher() -> Dispatcher {
@@ -339,6 +336,7 @@ pub(crate) mod tests {
         Dispatcher {
             zone: "test".into(),
             mem,
+            mailboxes: MAILBOX,
             access,
             functions,
             host_threads: Vec::new(),
@@ -348,14 +346,14 @@ pub(crate) mod tests {
     pub(crate) fn call(d: &Dispatcher, nr: u32, args: [u64; 6], sink: &Recorder) -> Outcome {
         let words: Vec<u8> = args.iter().flat_map(|a| a.to_le_bytes()).collect();
         d.mem
-            .write_slice(&words, GuestAddress(mailbox_addr(0) + 16))
+            .write_slice(&words, GuestAddress(MAILBOX + 16))
             .unwrap();
         d.handle(0, nr, sink)
     }
 
     fn result_words(d: &Dispatcher) -> (i64, u64) {
-        let s: i64 = d.mem.read_obj(GuestAddress(mailbox_addr(0) + 64)).unwrap();
-        let v: u64 = d.mem.read_obj(GuestAddress(mailbox_addr(0) + 72)).unwrap();
+        let s: i64 = d.mem.read_obj(GuestAddress(MAILBOX + 64)).unwrap();
+        let v: u64 = d.mem.read_obj(GuestAddress(MAILBOX + 72)).unwrap();
         (s, v)
     }
 
@@ -374,7 +372,7 @@ pub(crate) mod tests {
         );
         assert_eq!(&*rec.console.borrow(), b"hello");
         assert_eq!(
-            call(&d, 1, [layout::GDT, 8, 0, 0, 0, 0], &rec),
+            call(&d, 1, [zone_guest::abi::layout::GDT, 8, 0, 0, 0, 0], &rec),
             ret(status::BAD_POINTER, 0),
             "system area"
         );

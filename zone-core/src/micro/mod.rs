@@ -99,11 +99,11 @@ pub(crate) fn load(
         });
         Ok(())
     };
-    user(&mut pt, abi::BOOT_INFO, abi::BOOT_INFO + PAGE_SIZE, USER_R)?;
+    user(&mut pt, plan.boot_info, plan.boot_info + PAGE_SIZE, USER_R)?;
     // A small argument block goes into the boot-info page, which the program reads anyway.
     let inline_args = args.len() as u64 <= boot_info::INLINE_ARGS_MAX;
     let args_at = if inline_args {
-        abi::BOOT_INFO + boot_info::INLINE_ARGS
+        plan.boot_info + boot_info::INLINE_ARGS
     } else {
         abi::ARGS
     };
@@ -117,8 +117,8 @@ pub(crate) fn load(
     }
     user(
         &mut pt,
-        abi::MAILBOXES,
-        abi::MAILBOXES + vcpu_pages,
+        plan.mailboxes,
+        plan.mailboxes + vcpu_pages,
         USER_RW,
     )?;
     for seg in &program.image.segments {
@@ -140,15 +140,28 @@ pub(crate) fn load(
         (boot_info::HEAP_END, plan.heap.end),
         (boot_info::ARGS_PTR, args_at),
         (boot_info::ARGS_LEN, args.len() as u64),
+        (boot_info::MAILBOXES, plan.mailboxes),
     ];
     for (offset, value) in info {
-        mem.write_obj(value, GuestAddress(abi::BOOT_INFO + offset))?;
+        mem.write_obj(value, GuestAddress(plan.boot_info + offset))?;
     }
     mem.write_slice(&args, GuestAddress(args_at))?;
     for v in 0..vcpus {
-        let mb = hypercall::mailbox_addr(v);
-        mem.write_obj(mb, GuestAddress(mb + 8 * mailbox::SELF_PTR as u64))?;
-        mem.write_obj(u64::from(v), GuestAddress(mb + 8 * mailbox::VCPU as u64))?;
+        let mb = plan.mailbox(v);
+        let words = [
+            (mailbox::SELF_PTR, mb),
+            (mailbox::VCPU, u64::from(v)),
+            (mailbox::BOOT_INFO, plan.boot_info),
+        ];
+        for (word, value) in words {
+            mem.write_obj(value, GuestAddress(mb + 8 * word as u64))?;
+        }
+    }
+    // vCPU 0's top stack page is written too (its last word, which the program's first call
+    // overwrites): KVM fills in a page the guest has not touched yet only if the host has (see
+    // `layout`), so the stack, the boot info and the mailboxes then cost one fault.
+    if let Some(stack) = plan.stacks.first() {
+        mem.write_obj(0u64, GuestAddress(stack.end - 8))?;
     }
     Ok(Loaded {
         access: AccessMap::new(spans),
@@ -226,6 +239,7 @@ pub(crate) fn build(
     let dispatcher = Dispatcher {
         zone: s.zone.clone(),
         mem,
+        mailboxes: plan.mailboxes,
         access: loaded.access,
         functions,
         host_threads,
@@ -249,8 +263,14 @@ pub(crate) fn configure_vcpu(
 ) -> Result<(), (&'static str, kvm_ioctls::Error)> {
     fd.set_cpuid2(cpuid).map_err(|e| ("KVM_SET_CPUID2", e))?;
     let sregs = fd.get_sregs().map_err(|e| ("KVM_GET_SREGS", e))?;
-    fd.set_sregs(&cpu::user_sregs(sregs, index, CR3, features))
-        .map_err(|e| ("KVM_SET_SREGS", e))?;
+    fd.set_sregs(&cpu::user_sregs(
+        sregs,
+        index,
+        CR3,
+        plan.mailbox(index),
+        features,
+    ))
+    .map_err(|e| ("KVM_SET_SREGS", e))?;
     let fpu = kvm_fpu {
         fcw: 0x37f,
         mxcsr: 0x1f80,
@@ -258,7 +278,7 @@ pub(crate) fn configure_vcpu(
     };
     fd.set_fpu(&fpu).map_err(|e| ("KVM_SET_FPU", e))?;
     let top = plan.stacks[index as usize].end;
-    fd.set_regs(&cpu::user_regs(entry, top, index))
+    fd.set_regs(&cpu::user_regs(entry, top, index, plan.boot_info))
         .map_err(|e| ("KVM_SET_REGS", e))?;
     // With the in-kernel LAPIC every vCPU but the first waits for INIT/SIPI; micro zones start
     // all vCPUs at once.

@@ -23,7 +23,9 @@ mod start;
 pub use alloc_impl::heap_used;
 pub use console::{Console, write as console_write};
 pub use host::{HostCallError, call, call_u64};
-pub use start::{ExitCode, args, exit, heap_bounds, idle, memory_size, vcpu_count, vcpu_index};
+pub use start::{
+    ExitCode, args, exit, heap_bounds, idle, mailbox_address, memory_size, vcpu_count, vcpu_index,
+};
 
 use crate::abi::{Hypercall, mailbox};
 use core::arch::asm;

@@ -54,9 +54,17 @@ fn unreachable_after_stop() -> ! {
 }
 
 fn boot_word(offset: u64) -> u64 {
-    let ptr = (layout::BOOT_INFO + offset) as *const u64;
+    // SAFETY: the mailbox page is this vCPU's and the host wrote the boot-info address there.
+    let page = unsafe { super::mailbox_ptr().add(mailbox::BOOT_INFO).read_volatile() };
+    let ptr = (page + offset) as *const u64;
     // SAFETY: the host maps the boot-info page user-readable and writes it before any vCPU runs.
     unsafe { ptr.read_volatile() }
+}
+
+/// The address of vCPU `vcpu`'s mailbox page (a program uses its own through [`hypercall`]; a
+/// test of the host may want another's).
+pub fn mailbox_address(vcpu: u32) -> u64 {
+    boot_word(boot_info::MAILBOXES) + u64::from(vcpu) * crate::abi::PAGE_SIZE
 }
 
 fn boot_info_valid() -> bool {
