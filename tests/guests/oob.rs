@@ -25,8 +25,10 @@ fn main() -> i32 {
     let code = main as usize as u64;
     let mut buf = [0u8; 16];
     let out = buf.as_mut_ptr() as u64;
-    // The guard page below vCPU 0's stack (default 256 KiB stack at the top of memory).
-    let guard = mem - (256 << 10) - 4096;
+    // The guard page below vCPU 0's stack (default 256 KiB), whose top is the boot-info page
+    // right below vCPU 0's mailbox.
+    let stack_top = zone_guest::mailbox_address(0) - 4096;
+    let guard = stack_top - (256 << 10) - 4096;
     let statuses: [i64; 12] = [
         console(0xdead_0000_0000, 16),
         console(layout::GDT, 8),
