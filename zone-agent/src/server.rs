@@ -5,6 +5,7 @@
 //! connected stream socket (tests drive it over a Unix socket pair).
 
 mod defaults;
+mod relay;
 mod session;
 mod stdin;
 

@@ -65,6 +65,7 @@ mod nr {
     pub const CLOCK_GETTIME: usize = 228;
     pub const FCNTL: usize = 72;
     pub const IOPERM: usize = 173;
+    pub const PIDFD_OPEN: usize = 434;
 }
 
 /// Address family of IPv4 sockets.
@@ -528,6 +529,59 @@ pub fn readable_now(fd: BorrowedFd<'_>) -> io::Result<bool> {
         Err(e) if is_errno(&e, EINTR) => Ok(false),
         Err(e) => Err(e),
     }
+}
+
+/// `poll(2)` for reading on every descriptor of `fds`, waiting at most `timeout` (`None`: until
+/// one is ready; a partial millisecond counts as a whole one, so that a short wait does not
+/// spin). Returns, per descriptor, whether a read would not block now (data, end of file or an
+/// error). An interrupted call returns all `false`.
+pub fn wait_readable(
+    fds: &[BorrowedFd<'_>],
+    timeout: Option<std::time::Duration>,
+) -> io::Result<Vec<bool>> {
+    let mut pfds: Vec<PollFd> = fds
+        .iter()
+        .map(|fd| PollFd {
+            fd: fd.as_raw_fd(),
+            events: POLLIN,
+            revents: 0,
+        })
+        .collect();
+    let millis = timeout.map_or(-1, |t| {
+        t.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32
+    });
+    // SAFETY: `pfds` is a live, writable array of `pfds.len()` pollfds for the whole call.
+    let ret = unsafe {
+        syscall6(
+            nr::POLL,
+            [
+                pfds.as_mut_ptr() as usize,
+                pfds.len(),
+                millis as usize,
+                0,
+                0,
+                0,
+            ],
+        )
+    };
+    match check(ret) {
+        Ok(_) => Ok(pfds
+            .iter()
+            .map(|p| p.revents & (POLLIN | POLLHUP | POLLERR) != 0)
+            .collect()),
+        Err(e) if is_errno(&e, EINTR) => Ok(vec![false; fds.len()]),
+        Err(e) => Err(e),
+    }
+}
+
+/// `pidfd_open(2)`: a descriptor that becomes readable when process `pid` ends (Linux 5.3 and
+/// later; older kernels answer `ENOSYS`).
+pub fn pidfd_open(pid: i32) -> io::Result<OwnedFd> {
+    // SAFETY: plain integer arguments; no memory is passed.
+    let ret = unsafe { syscall6(nr::PIDFD_OPEN, [pid as usize, 0, 0, 0, 0, 0]) };
+    let fd = check(ret)? as i32;
+    // SAFETY: the kernel just returned this new descriptor; nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 /// Writes boot mark `mark`'s value to the host's boot-mark port

@@ -1,35 +1,32 @@
 //! One command run for the host: spawn it in its own process group, stream its output, feed its
 //! stdin, deliver signals, enforce the timeout, report how it ended.
 //!
-//! Threads of a session: two output pumps (stdout, stderr), the connection reader (STDIN,
-//! STDIN_EOF, SIGNAL, the host going away), a stdin writer when stdin was requested and a
-//! watchdog when a timeout was set. The calling thread waits for the command, then for both
-//! pumps to reach end of file, then sends the one `EXIT` frame.
+//! Threads of a session: the calling thread relays the command's stdout and stderr, enforces its
+//! timeout and waits for it ([`super::relay`]), then sends the one `EXIT` frame; beside it run
+//! the connection reader (STDIN, STDIN_EOF, SIGNAL, the host going away) and, when stdin was
+//! requested, a stdin writer.
 
 use super::THREAD_STACK;
+use super::relay;
 use super::stdin::StdinQueue;
-use crate::proto::{self, DATA_CHUNK, ExecRequest, ExitReport, kind};
+use crate::proto::{self, ExecRequest, ExitReport, kind};
 use crate::sys;
 use std::ffi::OsStr;
 use std::fs::File;
-use std::io::{self, Read, Write};
-use std::os::fd::AsFd;
+use std::io::{self, Write};
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::Path;
 use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 #[derive(Default)]
 struct State {
-    /// The command's process was reaped.
-    leader_exited: bool,
     /// The command was reaped and its output drained: no more signals to its group.
     done: bool,
-    /// The watchdog killed the command.
-    timed_out: bool,
 }
 
 struct Session {
@@ -38,7 +35,6 @@ struct Session {
     /// Write side of the connection: one frame at a time.
     wire: Mutex<File>,
     state: Mutex<State>,
-    cond: Condvar,
     /// Present when the host asked for stdin.
     stdin: Option<StdinQueue>,
 }
@@ -87,24 +83,21 @@ impl Session {
         let _ = sys::shutdown(wire.as_fd(), sys::SHUT_RDWR);
     }
 
-    fn watchdog(&self, timeout: Duration) {
-        let state = self.state();
-        let (mut state, _) = relock(self.cond.wait_timeout_while(state, timeout, |s| !s.done));
-        if !state.done && self.pgid > 1 {
-            // Killed by us before it ended by itself: report it. (If the command already exited
-            // and only lingering children hold its output open, they are killed but the
-            // command's own status stands.)
-            state.timed_out = !state.leader_exited;
-            let _ = sys::kill(-self.pgid, sys::SIGKILL);
-        }
-    }
-
     fn finish(&self) {
         self.state().done = true;
-        self.cond.notify_all();
         if let Some(q) = &self.stdin {
             q.close();
         }
+    }
+}
+
+impl relay::Session for Session {
+    fn send(&self, kind: u8, payload: &[u8]) -> bool {
+        Session::send(self, kind, payload)
+    }
+
+    fn signal_group(&self, sig: i32) {
+        Session::signal_group(self, sig);
     }
 }
 
@@ -127,29 +120,36 @@ pub(super) fn run(conn: File, request: ExecRequest) {
         pgid: i32::try_from(pid).unwrap_or(0),
         wire: Mutex::new(conn),
         state: Mutex::new(State::default()),
-        cond: Condvar::new(),
         stdin: request.stdin.then(StdinQueue::default),
     });
     // If the host is already gone, `send` killed the command; the session still winds down
     // normally (reap, drain), its frames going nowhere.
     session.send(kind::STARTED, &pid.to_le_bytes());
 
-    let mut threads = Threads::default();
-    let started = start_threads(&session, &mut child, reader, &request, &mut threads);
+    let started = start_threads(&session, &mut child, reader);
     if started.is_err() {
         session.signal_group(sys::SIGKILL);
     }
-    let status = child.wait();
-    session.state().leader_exited = true;
-    // Pumps end when every holder of the command's stdout and stderr is gone: no output lost.
-    for pump in threads.pumps {
-        let _ = pump.join();
-    }
+    let outputs = [
+        child
+            .stdout
+            .take()
+            .map(|o| relay::Output::new(File::from(OwnedFd::from(o)), kind::STDOUT)),
+        child
+            .stderr
+            .take()
+            .map(|o| relay::Output::new(File::from(OwnedFd::from(o)), kind::STDERR)),
+    ];
+    let deadline = (request.timeout_ms > 0)
+        .then(|| Instant::now().checked_add(Duration::from_millis(request.timeout_ms)))
+        .flatten();
+    let relay::Ending { status, timed_out } = relay::relay(
+        &*session,
+        &mut child,
+        outputs.into_iter().flatten().collect(),
+        deadline,
+    );
     session.finish();
-    if let Some(watchdog) = threads.watchdog {
-        let _ = watchdog.join();
-    }
-    let timed_out = session.state().timed_out;
     match (started, status) {
         (Err(e), _) => {
             let msg = format!(
@@ -173,45 +173,15 @@ pub(super) fn run(conn: File, request: ExecRequest) {
     session.shutdown();
 }
 
-/// The session threads that are waited for (the reader and the stdin writer end by themselves
-/// once the session is over).
-#[derive(Default)]
-struct Threads {
-    pumps: Vec<JoinHandle<()>>,
-    watchdog: Option<JoinHandle<()>>,
-}
-
-/// Starts the session's threads.
-fn start_threads(
-    session: &Arc<Session>,
-    child: &mut Child,
-    reader: File,
-    request: &ExecRequest,
-    threads: &mut Threads,
-) -> io::Result<()> {
-    if let Some(out) = child.stdout.take() {
-        let s = session.clone();
-        threads
-            .pumps
-            .push(thread("stdout", move || pump(&s, out, kind::STDOUT))?);
-    }
-    if let Some(err) = child.stderr.take() {
-        let s = session.clone();
-        threads
-            .pumps
-            .push(thread("stderr", move || pump(&s, err, kind::STDERR))?);
-    }
+/// Starts the session's threads: the stdin writer (when stdin was requested) and the reader of
+/// the host's frames. Both end by themselves once the session is over.
+fn start_threads(session: &Arc<Session>, child: &mut Child, reader: File) -> io::Result<()> {
     if let Some(stdin) = child.stdin.take() {
         let s = session.clone();
         thread("stdin", move || write_stdin(&s, stdin))?;
     }
     let s = session.clone();
     thread("reader", move || read_host(&s, reader))?;
-    if request.timeout_ms > 0 {
-        let s = session.clone();
-        let timeout = Duration::from_millis(request.timeout_ms);
-        threads.watchdog = Some(thread("watchdog", move || s.watchdog(timeout))?);
-    }
     Ok(())
 }
 
@@ -220,61 +190,6 @@ fn thread(name: &str, f: impl FnOnce() + Send + 'static) -> io::Result<JoinHandl
         .name(format!("zone-agent-{name}"))
         .stack_size(THREAD_STACK)
         .spawn(f)
-}
-
-/// How long output waits for more before it goes to the host in a frame that is not full.
-///
-/// A program that writes in small pieces (4 KiB is common) would otherwise cost one frame, one
-/// vsock packet and one guest interrupt per piece: the reader wakes at every write, so waiting
-/// for readiness alone does not coalesce; sleeping briefly after the first piece does. In the
-/// lab, 64 MiB of `head -c` output went from 4.9 MB/s to 11.7 MB/s, close to the 12.7 MB/s of
-/// `head -c | cat` inside the guest. End of file is seen at once when there is no output;
-/// otherwise output waits this much at most.
-const COALESCE: Duration = Duration::from_millis(1);
-
-/// Copies one of the command's outputs to the host, `DATA_CHUNK` bytes at most per frame: a frame
-/// holds the first piece read plus whatever else arrived within [`COALESCE`] after it.
-fn pump<R: Read + AsFd>(session: &Session, mut src: R, kind: u8) {
-    let mut buf = vec![0u8; DATA_CHUNK];
-    loop {
-        let first = match read_some(&mut src, &mut buf) {
-            Some(0) | None => return,
-            Some(n) => n,
-        };
-        if first < buf.len() {
-            std::thread::sleep(COALESCE);
-        }
-        let (filled, eof) = drain(&mut src, &mut buf, first);
-        if !session.send(kind, &buf[..filled]) || eof {
-            return;
-        }
-    }
-}
-
-/// Reads what is already available into `buf[filled..]`, without waiting, until it is full.
-/// Returns the bytes held and whether the source ended.
-fn drain<R: Read + AsFd>(src: &mut R, buf: &mut [u8], mut filled: usize) -> (usize, bool) {
-    while filled < buf.len() {
-        if !sys::readable_now(src.as_fd()).unwrap_or(false) {
-            break;
-        }
-        match read_some(src, &mut buf[filled..]) {
-            Some(0) | None => return (filled, true),
-            Some(n) => filled += n,
-        }
-    }
-    (filled, false)
-}
-
-/// One read, retried on EINTR; `None` on an error (treated as the end of the output).
-fn read_some(src: &mut impl Read, buf: &mut [u8]) -> Option<usize> {
-    loop {
-        match src.read(buf) {
-            Ok(n) => return Some(n),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(_) => return None,
-        }
-    }
 }
 
 /// Feeds queued host bytes to the command's stdin; closes it on `STDIN_EOF`, or when the
@@ -434,51 +349,6 @@ fn spawn_error(request: &ExecRequest, program: &[u8], e: &io::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// Reads a first piece, waits `pause`, and takes what else is there, as `pump` does.
-    fn frame(r: &mut std::io::PipeReader, cap: usize, pause: Duration) -> (Vec<u8>, bool) {
-        let mut buf = vec![0u8; cap];
-        let first = read_some(r, &mut buf).unwrap();
-        std::thread::sleep(pause);
-        let (n, eof) = drain(r, &mut buf, first);
-        (buf[..n].to_vec(), eof)
-    }
-
-    #[test]
-    fn output_written_in_pieces_goes_out_in_one_frame() {
-        let (mut r, mut w) = std::io::pipe().unwrap();
-        let (wrote_first, first_written) = std::sync::mpsc::channel();
-        let writer = std::thread::spawn(move || {
-            w.write_all(b"ab").unwrap();
-            wrote_first.send(()).unwrap();
-            w.write_all(b"cd").unwrap();
-            w.write_all(b"ef").unwrap();
-        });
-        first_written.recv().unwrap();
-        // The pause is far longer than the writer needs to finish and close the pipe.
-        let (data, eof) = frame(&mut r, 64, Duration::from_millis(500));
-        writer.join().unwrap();
-        assert_eq!(data.as_slice(), b"abcdef");
-        assert!(eof, "the closed pipe ends the output");
-    }
-
-    #[test]
-    fn a_frame_holds_what_is_there_and_no_more_than_fits() {
-        let (mut r, mut w) = std::io::pipe().unwrap();
-        w.write_all(b"xy").unwrap();
-        assert_eq!(
-            frame(&mut r, 64, Duration::ZERO),
-            (b"xy".to_vec(), false),
-            "the writer is still open: nothing more to wait for"
-        );
-        w.write_all(b"0123456789").unwrap();
-        assert_eq!(frame(&mut r, 4, Duration::ZERO), (b"0123".to_vec(), false));
-        drop(w);
-        assert_eq!(
-            frame(&mut r, 64, Duration::ZERO),
-            (b"456789".to_vec(), true)
-        );
-    }
 
     #[test]
     fn env_entries_split_at_the_first_equals() {
