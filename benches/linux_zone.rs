@@ -25,6 +25,11 @@
 //! `ZONES_BENCH_BOOT_ONLY=debian` (or `minimal`) runs only that kernel's boot comparison: no
 //! memory overhead, no throughput, no exec latency (pass it with `LAB_ENV=ZONES_BENCH_BOOT_ONLY`).
 //!
+//! `ZONES_BENCH_THP=madvise` (or `always`, `never`) first sets the machine's transparent huge
+//! pages to that mode (`/sys/kernel/mm/transparent_hugepage/enabled`; root, so in the lab): the
+//! lab's Debian kernel defaults to `always`, Ubuntu's to `madvise`, where only memory advised
+//! `MADV_HUGEPAGE` gets huge pages.
+//!
 //! Criterion writes its reports under `$CRITERION_HOME` (lab/test sets it to /tmp in the lab,
 //! whose root file system is read-only).
 
@@ -349,6 +354,12 @@ fn main() {
             "SKIPPED linux_zone benchmarks: they need a KVM that runs guest kernels (lab/test --bench linux_zone)"
         );
         return;
+    }
+    if let Ok(mode) = std::env::var("ZONES_BENCH_THP") {
+        let knob = "/sys/kernel/mm/transparent_hugepage/enabled";
+        std::fs::write(knob, &mode).expect("ZONES_BENCH_THP: cannot set the huge page mode");
+        let now = std::fs::read_to_string(knob).unwrap_or_default();
+        println!("transparent huge pages: {}", now.trim());
     }
     let only = std::env::var("ZONES_BENCH_BOOT_ONLY").ok();
     if only.is_some() {

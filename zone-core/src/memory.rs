@@ -8,6 +8,8 @@ use vm_memory::{
     MmapRegion,
 };
 
+mod huge;
+
 /// Why guest memory could not be set up.
 #[derive(Debug, thiserror::Error)]
 pub enum MemoryError {
@@ -43,14 +45,42 @@ pub enum MemoryError {
 /// Pages are reserved lazily (`MAP_NORESERVE`), excluded from the host's core dumps
 /// (`MADV_DONTDUMP`) and not inherited by children the embedder forks (`MADV_DONTFORK`).
 pub(crate) fn allocate(regions: &[(u64, u64)]) -> Result<GuestMemoryMmap, MemoryError> {
+    collect(regions, Pages::Small)
+}
+
+/// As [`allocate`], for a guest that touches much of its memory (a Linux zone): each region is
+/// advised `MADV_HUGEPAGE` and, when its guest address is a multiple of 2 MiB, placed at a host
+/// address that is one too (see [`huge::hole`]), so that the host backs it with transparent
+/// huge pages where it has them (`enabled` set to `always` or `madvise`) and KVM maps the guest's
+/// memory 2 MiB at a time: KVM maps a region with 4 KiB pages only when its guest and host
+/// addresses differ modulo 2 MiB, whatever backs it. Each first touch of 4 KiB by the guest is
+/// then a fault of its own, instead of one per 2 MiB.
+pub(crate) fn allocate_huge(regions: &[(u64, u64)]) -> Result<GuestMemoryMmap, MemoryError> {
+    collect(regions, Pages::Huge)
+}
+
+/// How a region's pages are asked for.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Pages {
+    Small,
+    Huge,
+}
+
+fn collect(regions: &[(u64, u64)], pages: Pages) -> Result<GuestMemoryMmap, MemoryError> {
     let regions = regions
         .iter()
-        .map(|&(start, size)| region(start, size))
+        .map(|&(start, size)| region(start, size, pages))
         .collect::<Result<Vec<_>, _>>()?;
     GuestMemoryMmap::from_regions(regions).map_err(|e| MemoryError::Layout(e.to_string()))
 }
 
-fn region(start: u64, size: u64) -> Result<GuestRegionMmap, MemoryError> {
+fn region(start: u64, size: u64, pages: Pages) -> Result<GuestRegionMmap, MemoryError> {
+    let huge = pages == Pages::Huge;
+    // KVM's 2 MiB mappings need the host address congruent to the guest address. The hole is
+    // dropped once the region is mapped: the reservation around it goes.
+    let _hole = (huge && start.is_multiple_of(huge::SIZE))
+        .then(|| huge::hole(size))
+        .flatten();
     let region = MmapRegion::build(
         None,
         size as usize,
@@ -58,9 +88,16 @@ fn region(start: u64, size: u64) -> Result<GuestRegionMmap, MemoryError> {
         libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
     )
     .map_err(|source| MemoryError::Allocate { size, source })?;
-    for advice in [libc::MADV_DONTFORK, libc::MADV_DONTDUMP] {
+    let advice = [
+        libc::MADV_DONTFORK,
+        libc::MADV_DONTDUMP,
+        libc::MADV_HUGEPAGE,
+    ];
+    for advice in &advice[..if huge { 3 } else { 2 }] {
+        let advice = *advice;
         // SAFETY: the range is exactly the mapping just created; madvise with these advice values
-        // changes no memory contents. Failure only loses the hardening, so it is ignored.
+        // changes no memory contents. Failure only loses the hardening (or the huge pages, on a
+        // host without them), so it is ignored.
         unsafe { libc::madvise(region.as_ptr().cast(), region.size(), advice) };
     }
     GuestRegionMmap::new(region, GuestAddress(start))

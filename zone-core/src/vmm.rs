@@ -87,7 +87,8 @@ impl Settings {
         })
     }
 
-    /// Allocates guest memory as `regions` and registers it with the VM.
+    /// Allocates guest memory as `regions`, for huge pages ([`memory::allocate_huge`]: only Linux
+    /// zones come here), and registers it with the VM.
     pub(crate) fn memory(
         &self,
         vm: &Vm,
@@ -97,7 +98,7 @@ impl Settings {
             zone: self.zone.clone(),
             source,
         };
-        let mem = memory::allocate(regions).map_err(err)?;
+        let mem = memory::allocate_huge(regions).map_err(err)?;
         memory::register(&vm.fd, &mem).map_err(err)?;
         Ok(mem)
     }
