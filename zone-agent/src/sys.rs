@@ -508,29 +508,6 @@ pub fn shutdown(fd: BorrowedFd<'_>, how: i32) -> io::Result<()> {
     fd_and_int(nr::SHUTDOWN, fd, how)
 }
 
-/// `poll(2)` on one descriptor with a zero timeout: whether a read would not block now (data,
-/// end of file or an error). An interrupted call counts as "not yet".
-pub fn readable_now(fd: BorrowedFd<'_>) -> io::Result<bool> {
-    let mut pfd = PollFd {
-        fd: fd.as_raw_fd(),
-        events: POLLIN,
-        revents: 0,
-    };
-    // SAFETY: `pfd` is one live, writable pollfd for the whole call, and we pass a count of 1.
-    let ret = unsafe {
-        syscall6(
-            nr::POLL,
-            [std::ptr::from_mut(&mut pfd) as usize, 1, 0, 0, 0, 0],
-        )
-    };
-    match check(ret) {
-        Ok(0) => Ok(false),
-        Ok(_) => Ok(pfd.revents & (POLLIN | POLLHUP | POLLERR) != 0),
-        Err(e) if is_errno(&e, EINTR) => Ok(false),
-        Err(e) => Err(e),
-    }
-}
-
 /// `poll(2)` for reading on every descriptor of `fds`, waiting at most `timeout` (`None`: until
 /// one is ready; a partial millisecond counts as a whole one, so that a short wait does not
 /// spin). Returns, per descriptor, whether a read would not block now (data, end of file or an

@@ -7,7 +7,7 @@ use crate::proto::DATA_CHUNK;
 use crate::sys;
 use std::fs::File;
 use std::io::{self, Read};
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::process::{Child, ExitStatus};
 use std::time::{Duration, Instant};
 
@@ -45,9 +45,9 @@ pub(super) struct Output {
 }
 
 impl Output {
-    pub(super) fn new(src: File, kind: u8) -> Self {
+    pub(super) fn new(src: impl Into<OwnedFd>, kind: u8) -> Self {
         Self {
-            src: Some(src),
+            src: Some(File::from(src.into())),
             kind,
             buf: vec![0u8; DATA_CHUNK],
             filled: 0,
@@ -135,7 +135,7 @@ pub(super) fn relay(
         let wake = open
             .iter()
             .filter_map(|o| o.due)
-            .chain(watch.pending())
+            .chain(watch.deadline)
             .min();
         let fds: Vec<_> = open
             .iter()
@@ -168,10 +168,6 @@ struct Watch {
 }
 
 impl Watch {
-    fn pending(&self) -> Option<Instant> {
-        self.deadline
-    }
-
     /// At the deadline: kill the command's group, and tell whether the leader was still running.
     fn check(&mut self, session: &impl Session, child: &mut Child, now: Instant) {
         if self.deadline.is_some_and(|d| d <= now) {
@@ -215,7 +211,6 @@ mod tests {
     use super::*;
     use crate::proto::kind;
     use std::io::Write;
-    use std::os::fd::OwnedFd;
     use std::os::unix::process::{CommandExt, ExitStatusExt};
     use std::process::{Command, Stdio};
     use std::sync::Mutex;
@@ -257,7 +252,7 @@ mod tests {
 
     fn pipe_output() -> (Output, std::io::PipeWriter) {
         let (r, w) = std::io::pipe().unwrap();
-        (Output::new(File::from(OwnedFd::from(r)), kind::STDOUT), w)
+        (Output::new(r, kind::STDOUT), w)
     }
 
     #[test]
@@ -323,14 +318,8 @@ mod tests {
         let (mut child, mut rec) = command(script);
         rec.host_gone = host_gone;
         let outputs = vec![
-            Output::new(
-                File::from(OwnedFd::from(child.stdout.take().unwrap())),
-                kind::STDOUT,
-            ),
-            Output::new(
-                File::from(OwnedFd::from(child.stderr.take().unwrap())),
-                kind::STDERR,
-            ),
+            Output::new(child.stdout.take().unwrap(), kind::STDOUT),
+            Output::new(child.stderr.take().unwrap(), kind::STDERR),
         ];
         let deadline = timeout.map(|t| Instant::now() + t);
         (relay(&rec, &mut child, outputs, deadline), rec)

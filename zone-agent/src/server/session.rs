@@ -14,7 +14,7 @@ use crate::sys;
 use std::ffi::OsStr;
 use std::fs::File;
 use std::io::{self, Write};
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::AsFd;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::Path;
@@ -134,11 +134,11 @@ pub(super) fn run(conn: File, request: ExecRequest) {
         child
             .stdout
             .take()
-            .map(|o| relay::Output::new(File::from(OwnedFd::from(o)), kind::STDOUT)),
+            .map(|o| relay::Output::new(o, kind::STDOUT)),
         child
             .stderr
             .take()
-            .map(|o| relay::Output::new(File::from(OwnedFd::from(o)), kind::STDERR)),
+            .map(|o| relay::Output::new(o, kind::STDERR)),
     ];
     let deadline = (request.timeout_ms > 0)
         .then(|| Instant::now().checked_add(Duration::from_millis(request.timeout_ms)))
