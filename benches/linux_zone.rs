@@ -23,7 +23,8 @@
 //! under the 32 zones, and lab/test then starts the whole bench again.
 //!
 //! `ZONES_BENCH_BOOT_ONLY=debian` (or `minimal`) runs only that kernel's boot comparison: no
-//! memory overhead, no throughput, no exec latency (pass it with `LAB_ENV=ZONES_BENCH_BOOT_ONLY`).
+//! memory overhead, no throughput, no exec latency (pass it with `LAB_ENV=ZONES_BENCH_BOOT_ONLY`);
+//! `ZONES_BENCH_BOOT_ONLY=all` runs both kernels' comparisons, one after the other.
 //!
 //! `ZONES_BENCH_THP=madvise` (or `always`, `never`) first sets the machine's transparent huge
 //! pages to that mode (`/sys/kernel/mm/transparent_hugepage/enabled`; root, so in the lab): the
@@ -190,7 +191,7 @@ fn report_boot(only: Option<&str>) {
         println!("boot: SKIPPED (busybox or cpio missing for the peers' initramfs)");
         return;
     };
-    let wanted = |kernel: &str| only.is_none_or(|o| o == kernel);
+    let wanted = |kernel: &str| only.is_none_or(|o| o == kernel || o == "all");
     if wanted("debian") {
         let debian = std::path::PathBuf::from(zones_kernel_path());
         let debian_vmlinux = peers::extract_vmlinux(&debian, &work.join("debian.vmlinux"));
