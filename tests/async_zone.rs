@@ -173,10 +173,22 @@ fn small_boot() -> LinuxBoot {
     }
 }
 
+/// Runs `cmd`, or panics with what the zone shows: its console, its start (host milestones and
+/// guest marks) and its counters twice, a second apart (whether the guest still makes exits).
 async fn exec_ok(zone: &Zone, cmd: &Command) -> zones::Output {
-    zone.exec_async(cmd)
-        .await
-        .unwrap_or_else(|e| panic!("exec failed: {e}\nconsole:\n{}", zone.console_text()))
+    match zone.exec_async(cmd).await {
+        Ok(out) => out,
+        Err(e) => {
+            let before = zone.metrics();
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            panic!(
+                "exec failed: {e}\nconsole:\n{}\nstart:\n{}\ncounters:\n{before:?}\na second later:\n{:?}",
+                zone.console_text(),
+                zone.boot_report_async().await,
+                zone.metrics()
+            )
+        }
+    }
 }
 
 #[test]

@@ -351,6 +351,52 @@ fn the_agent_dying_is_an_error_not_a_hang() {
     zone.kill();
 }
 
+/// An agent that says nothing for longer than [`zones::AGENT_ANSWER_TIMEOUT`] is waited for while
+/// its guest works (a loaded or emulated host makes a healthy agent that slow), and is lost
+/// while its guest idles. The agent's server is stopped (SIGSTOP) from inside the guest; the
+/// guest kernel still accepts the host's connection and buffers its request, so only the
+/// answer is missing.
+#[test]
+fn a_silent_agent_is_waited_for_while_its_guest_works_and_lost_while_it_idles() {
+    require_linux!();
+    let zone = zone(boot(), 1, 256);
+    run(&zone, &sh("true"));
+    let silence = zones::AGENT_ANSWER_TIMEOUT + Duration::from_secs(8);
+    // Busy: the server stops (after this command has ended), `yes` keeps the vCPU running, and
+    // the server continues `silence` later.
+    let busy = format!(
+        "(sleep 2; kill -STOP $PPID; yes >/dev/null & y=$!; sleep {}; kill -CONT $PPID; kill $y) \
+         >/dev/null 2>&1 </dev/null &",
+        silence.as_secs()
+    );
+    run(&zone, &sh(&busy));
+    std::thread::sleep(Duration::from_secs(5));
+    let started = Instant::now();
+    let out = zone
+        .exec(&sh("echo back"))
+        .unwrap_or_else(|e| panic!("a busy guest's agent was given up: {e}"));
+    let waited = started.elapsed();
+    assert_eq!(text(&out.stdout), "back");
+    assert!(
+        waited > zones::AGENT_ANSWER_TIMEOUT,
+        "the server answered after {waited:?}: the silence did not outlast the answer timeout"
+    );
+    // Idle: the server stops for longer than the wait a busy guest gets, nothing runs.
+    let idle =
+        "(sleep 2; kill -STOP $PPID; sleep 200; kill -CONT $PPID) >/dev/null 2>&1 </dev/null &";
+    run(&zone, &sh(idle));
+    std::thread::sleep(Duration::from_secs(5));
+    let started = Instant::now();
+    let r = zone.exec(&sh("echo never"));
+    let waited = started.elapsed();
+    assert!(matches!(r, Err(ExecError::AgentLost { .. })), "{r:?}");
+    assert!(
+        waited < zones::AGENT_BUSY_LIMIT,
+        "an idle guest's silent agent was waited for {waited:?}"
+    );
+    zone.kill();
+}
+
 #[test]
 fn pause_stops_guest_progress() {
     require_linux!();

@@ -4,6 +4,7 @@
 
 use crate::devices::virtio::vsock::backend::{Backend, Stream, VsockError};
 use crate::exit::ZoneExit;
+use crate::vcpu::activity::Activity;
 use crate::zone::ZoneHandle;
 use std::ffi::OsStr;
 use std::io;
@@ -18,11 +19,15 @@ pub const DEFAULT_OUTPUT_LIMIT: usize = 256 << 20;
 /// Longest wait that stands for "no deadline".
 pub(crate) const FOREVER: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 /// Once the agent has answered, how long a new connection (and the command's start) may take
-/// before the agent counts as lost: a healthy agent answers in milliseconds.
+/// before the agent counts as lost, when its guest idles: a healthy agent answers in
+/// milliseconds. While the guest works, the wait goes on (see [`AGENT_BUSY_LIMIT`]).
 pub const AGENT_ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long a command's start may take while the agent, busy with other commands, keeps sending
-/// on other connections (a burst of starts under load); a silent agent is lost after
-/// [`AGENT_ANSWER_TIMEOUT`].
+/// How long a new connection to an agent that answered before, and a command's start, may take
+/// while the agent keeps sending on other connections (a burst of starts) or its guest keeps
+/// working: its vCPU threads ran, or waited for a host CPU, for at least half of each
+/// [`AGENT_ANSWER_TIMEOUT`] (a loaded host, many zones on few CPUs, an emulated machine), or the
+/// zone was paused. An agent silent for [`AGENT_ANSWER_TIMEOUT`] while its guest idles is lost
+/// at once.
 pub const AGENT_BUSY_LIMIT: Duration = Duration::from_secs(120);
 /// How long after a command's timeout the agent has to report that it killed it.
 const TIMEOUT_GRACE: Duration = Duration::from_secs(5);
@@ -41,8 +46,12 @@ pub(crate) struct AgentPlan {
     pub(crate) backend: std::sync::Arc<Backend>,
     started: Instant,
     seen: bool,
-    /// Give up after this.
+    /// Give up after this, unless the guest is at work ([`ZoneHandle::goes_on`]).
     pub(crate) deadline: Instant,
+    /// Never wait past this.
+    hard: Instant,
+    /// The guest's activity since the last look.
+    activity: Activity,
 }
 
 impl AgentPlan {
@@ -288,7 +297,8 @@ pub enum ExecError {
         /// How long we waited.
         waited: Duration,
     },
-    /// The connection to the agent broke mid-command (the agent crashed or the guest reset it).
+    /// The connection to the agent broke mid-command (the agent crashed or the guest reset it),
+    /// or the agent said nothing for [`AGENT_ANSWER_TIMEOUT`] while its guest idled.
     #[error("zone {zone}: lost the agent while running the command: {detail}")]
     AgentLost {
         /// The zone.
@@ -508,11 +518,13 @@ fn feed(stream: &Stream, input: &[u8], deadline: Instant) -> io::Result<()> {
 }
 
 /// Reads the agent's answer on a new connection: each read waits up to [`AGENT_ANSWER_TIMEOUT`],
-/// and again while the agent keeps sending on other connections (it is busy, not lost), up to
-/// `hard`.
+/// and again while the agent keeps sending on other connections or its guest is at work (it is
+/// busy or slow, not lost), up to `hard`.
 struct Answer<'a> {
+    zone: &'a ZoneHandle,
     stream: &'a Stream,
     backend: &'a Backend,
+    activity: Activity,
     hard: Instant,
 }
 
@@ -520,7 +532,8 @@ impl io::Read for Answer<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         loop {
             match self.stream.read(buf, answer_step(self.hard)) {
-                Err(VsockError::TimedOut) if agent_busy(self.backend, self.hard) => {}
+                Err(VsockError::TimedOut)
+                    if agent_busy(self.zone, self.backend, &mut self.activity, self.hard) => {}
                 other => return other.map_err(to_io),
             }
         }
@@ -533,10 +546,18 @@ pub(crate) fn answer_step(hard: Instant) -> Instant {
     (Instant::now() + AGENT_ANSWER_TIMEOUT).min(hard)
 }
 
-/// Whether a wait for the agent's answer that reached its step goes on: the agent kept sending
-/// on some connection (it is busy, not lost) and `hard` has not passed.
-pub(crate) fn agent_busy(backend: &Backend, hard: Instant) -> bool {
-    Instant::now() < hard && backend.heard_within(AGENT_ANSWER_TIMEOUT)
+/// Whether a wait for the agent's answer that reached its step goes on: `hard` has not passed,
+/// and the agent kept sending on some connection or its guest was at work during the step
+/// ([`ZoneHandle::guest_at_work`]): it is busy or slow, not lost.
+pub(crate) fn agent_busy(
+    zone: &ZoneHandle,
+    backend: &Backend,
+    activity: &mut Activity,
+    hard: Instant,
+) -> bool {
+    // Both looks are taken: the activity's sample starts the next step.
+    let at_work = zone.guest_at_work(activity);
+    Instant::now() < hard && (backend.heard_within(AGENT_ANSWER_TIMEOUT) || at_work)
 }
 
 /// The error for a broken connection: the zone's exit if it stopped, else a lost agent.
@@ -606,7 +627,8 @@ impl ZoneHandle {
     /// The plan for reaching the agent: its device, whether it answered before, and until when
     /// to try. Before the agent has ever answered, the wait is `ready` (the guest may still be
     /// booting); once it has, a connection it does not answer within [`AGENT_ANSWER_TIMEOUT`]
-    /// means the agent is lost. Never past `deadline`.
+    /// while its guest idles means the agent is lost (a guest at work gets more, up to
+    /// [`AGENT_BUSY_LIMIT`]). Never past `deadline`.
     pub(crate) fn agent_plan(
         &self,
         ready: Duration,
@@ -615,17 +637,50 @@ impl ZoneHandle {
         let backend = self.agent_backend()?;
         let started = Instant::now();
         let seen = backend.agent_seen();
-        let bound = if seen { AGENT_ANSWER_TIMEOUT } else { ready };
+        let (bound, limit) = if seen {
+            (AGENT_ANSWER_TIMEOUT, AGENT_BUSY_LIMIT)
+        } else {
+            (ready, ready)
+        };
         Ok(AgentPlan {
             backend,
             started,
             seen,
             deadline: deadline.min(started + bound),
+            hard: deadline.min(started + limit),
+            activity: Activity::sample(&self.shared.kickers),
         })
     }
 
+    /// Whether the zone's guest was at work since `activity`'s sample (its vCPU threads ran or
+    /// waited for a host CPU for at least half of the time, see [`Activity`]) or the zone is
+    /// paused (its guest cannot answer; the time does not count against it). Samples again.
+    pub(crate) fn guest_at_work(&self, activity: &mut Activity) -> bool {
+        let busy = activity.busy_since(&self.shared.kickers);
+        busy || self.shared.control.paused()
+    }
+
+    /// Whether the wait for a connection goes on: before the plan's deadline, or, for an agent
+    /// that answered before, while its guest is at work (each look extends the deadline by
+    /// [`AGENT_ANSWER_TIMEOUT`], never past the plan's hard limit).
+    fn goes_on(&self, plan: &mut AgentPlan) -> bool {
+        let now = Instant::now();
+        if now < plan.deadline {
+            return true;
+        }
+        if plan.seen && now < plan.hard && self.guest_at_work(&mut plan.activity) {
+            plan.deadline = (now + AGENT_ANSWER_TIMEOUT).min(plan.hard);
+            return true;
+        }
+        false
+    }
+
     /// What one connection attempt means (see [`Attempt`]).
-    pub(crate) fn judge(&self, plan: &AgentPlan, result: Result<Stream, VsockError>) -> Attempt {
+    pub(crate) fn judge(
+        &self,
+        plan: &mut AgentPlan,
+        result: Result<Stream, VsockError>,
+    ) -> Attempt {
         let zone = || self.name().to_string();
         match result {
             Ok(stream) => {
@@ -635,7 +690,7 @@ impl ZoneHandle {
             // Not listening yet (still booting), restarting, or an attempt not answered (see
             // AgentPlan::attempt_deadline): try again shortly.
             Err(VsockError::Refused | VsockError::Reset | VsockError::TimedOut)
-                if Instant::now() < plan.deadline =>
+                if self.goes_on(plan) =>
             {
                 Attempt::Retry
             }
@@ -656,7 +711,7 @@ impl ZoneHandle {
 
     /// A connection to the agent, following [`ZoneHandle::agent_plan`].
     fn agent_stream(&self, ready: Duration, deadline: Instant) -> Result<Stream, ExecError> {
-        let plan = self.agent_plan(ready, deadline)?;
+        let mut plan = self.agent_plan(ready, deadline)?;
         let mut pause = FIRST_RETRY_PAUSE;
         loop {
             if let Some(exit) = self.ended_exit() {
@@ -666,7 +721,7 @@ impl ZoneHandle {
             let result = plan
                 .backend
                 .connect(proto::AGENT_PORT, plan.attempt_deadline());
-            match self.judge(&plan, result) {
+            match self.judge(&mut plan, result) {
                 Attempt::Connected(stream) => return Ok(stream),
                 Attempt::Retry => {
                     std::thread::sleep(pause);
@@ -749,8 +804,10 @@ impl ZoneHandle {
         // The agent answers at once; one that says nothing at all is lost.
         let backend = self.agent_backend()?;
         let mut answer = Answer {
+            zone: self,
             stream: &process.stream,
             backend: &backend,
+            activity: Activity::sample(&self.shared.kickers),
             hard: deadline.min(Instant::now() + AGENT_BUSY_LIMIT),
         };
         let frame = proto::read_frame(&mut answer).map_err(|e| lost(self, e))?;

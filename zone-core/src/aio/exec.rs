@@ -10,6 +10,7 @@ use crate::exec::{
     STOP_REPORT_WAIT, agent_busy, answer_step, decode_event, lost, to_io,
 };
 use crate::exit::ZoneExit;
+use crate::vcpu::activity::Activity;
 use crate::zone::ZoneHandle;
 use std::future::{Future, poll_fn};
 use std::io;
@@ -344,8 +345,8 @@ impl ZoneHandle {
     }
 
     /// [`read_frame`] for the agent's first answer on a connection: each wait is bounded by
-    /// [`AGENT_ANSWER_TIMEOUT`], renewed while the agent keeps sending on other connections,
-    /// up to `hard`.
+    /// [`AGENT_ANSWER_TIMEOUT`], renewed while the agent keeps sending on other connections or
+    /// its guest is at work ([`ZoneHandle::guest_at_work`]), up to `hard`.
     async fn read_answer(
         &self,
         stream: &Stream,
@@ -353,11 +354,12 @@ impl ZoneHandle {
         hard: Instant,
     ) -> Result<Option<(u8, Vec<u8>)>, ExecError> {
         let backend = self.agent_backend()?;
+        let mut activity = Activity::sample(&self.shared.kickers);
         loop {
             let read = poll_fn(|cx| frames.poll_frame(|buf| stream.poll_read(cx, buf)));
             match tokio::time::timeout_at(answer_step(hard).into(), read).await {
                 Ok(frame) => return frame.map_err(|e| lost(self, e)),
-                Err(_) if agent_busy(&backend, hard) => {}
+                Err(_) if agent_busy(self, &backend, &mut activity, hard) => {}
                 Err(_) => return Err(lost(self, io::ErrorKind::TimedOut.into())),
             }
         }
@@ -400,7 +402,7 @@ impl ZoneHandle {
         ready: Duration,
         deadline: Instant,
     ) -> Result<Stream, ExecError> {
-        let plan = self.agent_plan(ready, deadline)?;
+        let mut plan = self.agent_plan(ready, deadline)?;
         let mut pause = FIRST_RETRY_PAUSE;
         loop {
             if let Some(exit) = self.ended_exit() {
@@ -418,7 +420,7 @@ impl ZoneHandle {
                 }
                 Err(e) => Err(e),
             };
-            match self.judge(&plan, result) {
+            match self.judge(&mut plan, result) {
                 Attempt::Connected(stream) => return Ok(stream),
                 Attempt::Retry => {
                     tokio::time::sleep(pause).await;

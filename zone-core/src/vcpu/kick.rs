@@ -8,6 +8,7 @@
 
 use kvm_bindings::kvm_run;
 use std::cell::Cell;
+use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::{Mutex, OnceLock};
 
 /// Offset of the kick signal from `SIGRTMIN`. Embedders must leave `SIGRTMIN + 2` to zones.
@@ -98,6 +99,9 @@ pub(crate) fn rearm(run: *mut kvm_run) {
 #[derive(Debug, Default)]
 pub(crate) struct Kicker {
     thread: Mutex<Option<libc::pthread_t>>,
+    /// The registered thread's kernel id (0: none), whose scheduler statistics say how busy the
+    /// vCPU is ([`super::activity`]).
+    tid: AtomicI32,
 }
 
 impl Kicker {
@@ -106,11 +110,19 @@ impl Kicker {
         // SAFETY: pthread_self has no preconditions.
         let me = unsafe { libc::pthread_self() };
         *self.thread.lock().unwrap_or_else(|e| e.into_inner()) = Some(me);
+        // SAFETY: gettid has no preconditions.
+        self.tid.store(unsafe { libc::gettid() }, Ordering::Relaxed);
     }
 
     /// Unregisters the target; after this returns no kick reaches the thread.
     pub(crate) fn unregister(&self) {
+        self.tid.store(0, Ordering::Relaxed);
         *self.thread.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+
+    /// The registered thread's kernel id, if one is registered.
+    pub(crate) fn tid(&self) -> Option<i32> {
+        Some(self.tid.load(Ordering::Relaxed)).filter(|&t| t > 0)
     }
 
     /// Kicks the thread if it is registered.

@@ -1,6 +1,7 @@
 //! vCPU threads: each runs KVM_RUN in a loop, counts every exit, hands I/O and MMIO exits to the
 //! zone's [`GuestExits`], and checks the zone's control state between runs.
 
+pub(crate) mod activity;
 mod exit;
 pub(crate) mod kick;
 mod threads;
