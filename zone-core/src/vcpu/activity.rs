@@ -90,8 +90,8 @@ mod tests {
         demand_ns(me).is_some_and(|d| d > 0)
     }
 
-    /// Runs `body` on a thread registered in a one-vCPU `Kicker` list, samples, waits `for_`,
-    /// and says whether the thread looked busy.
+    /// Starts a thread registered in a one-vCPU `Kicker` list that spins (`spin`) or sleeps in
+    /// 20 ms steps, samples, waits `for_`, and says whether the thread looked busy.
     fn looks_busy(spin: bool, for_: Duration) -> bool {
         let kickers = Arc::new(vec![Kicker::default()]);
         let stop = Arc::new(AtomicBool::new(false));
